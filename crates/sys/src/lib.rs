@@ -1,0 +1,212 @@
+//! The only home of raw syscalls in netdevd. Everything else is `#![forbid(unsafe_code)]`
+//! and goes through `rustix` or this crate. Each `unsafe` block says why it is sound.
+//!
+//! - fd passing over unix sockets (SCM_RIGHTS), both ways;
+//! - fds inherited at start-up (`fd=3` in options, as libvirt hands QEMU fds): recorded
+//!   before the daemon opens anything, claimed at most once;
+//! - a signalfd for SIGINT/SIGTERM/SIGHUP;
+//! - `--daemonize` (fork, setsid, stdio to /dev/null).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use rustix::io::IoSliceMut;
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// How many fds one message may carry; more are closed by the kernel's truncation.
+pub const MAX_FDS_PER_MESSAGE: usize = 16;
+
+/// Receive bytes and any fds that came with them (made close-on-exec).
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg(
+        sock,
+        &mut iov,
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Send bytes with fds attached.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
+    }
+    let iov = [rustix::io::IoSlice::new(data)];
+    Ok(sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL)?)
+}
+
+/// Make an fd non-blocking (or blocking).
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, on)?;
+    Ok(())
+}
+
+static INHERITED: Mutex<Option<BTreeSet<RawFd>>> = Mutex::new(None);
+
+/// Record the fds open above stderr before the daemon opens any of its own: only these
+/// may later be claimed by number. Call first thing in `main`.
+pub fn record_inherited_fds() {
+    let mut set = BTreeSet::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
+                if n > 2 {
+                    set.insert(n);
+                }
+            }
+        }
+    }
+    // The directory handle itself was open while it was read; it is gone now.
+    set.retain(|&n| fd_is_open(n));
+    if let Ok(mut g) = INHERITED.lock() {
+        *g = Some(set);
+    }
+}
+
+fn fd_is_open(n: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor table entry; an invalid number gives EBADF.
+    unsafe { libc::fcntl(n, libc::F_GETFD) != -1 }
+}
+
+/// Whether fd number `n` was inherited at start-up and not claimed yet.
+pub fn inherited_fd_available(n: RawFd) -> bool {
+    INHERITED
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|s| s.contains(&n)))
+        .unwrap_or(false)
+        && fd_is_open(n)
+}
+
+/// Take ownership of inherited fd `n`. Each number can be claimed once.
+pub fn claim_inherited_fd(n: RawFd) -> io::Result<OwnedFd> {
+    let mut g = INHERITED
+        .lock()
+        .map_err(|_| io::Error::other("fd table poisoned"))?;
+    let set = g.get_or_insert_with(BTreeSet::new);
+    if !set.contains(&n) || !fd_is_open(n) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    set.remove(&n);
+    // SAFETY: `n` was open when the process started, before this program opened anything,
+    // so no other owner exists in this process; it is removed from the set above, so it is
+    // never wrapped twice.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// A signalfd delivering SIGINT, SIGTERM and SIGHUP (which are blocked for normal delivery).
+pub fn termination_signalfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain libc calls on a locally owned, initialised sigset.
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        let mut set = set.assume_init();
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Read one pending signal number from a signalfd, if any.
+pub fn read_signal(fd: BorrowedFd<'_>) -> Option<u32> {
+    let mut buf = [0u8; 128];
+    match rustix::io::read(fd, &mut buf) {
+        Ok(128) => Some(u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])),
+        _ => None,
+    }
+}
+
+/// Ignore SIGPIPE: a client that goes away must not kill the daemon.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Fork into the background: the parent exits 0 once the child has set up; the child starts
+/// a new session and points stdio at /dev/null. Call with a single thread only.
+pub fn daemonize() -> io::Result<()> {
+    // SAFETY: the process has one thread here (the daemon never starts others before this),
+    // so the child may continue running arbitrary Rust code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        std::process::exit(0);
+    }
+    rustix::process::setsid()?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn fds_cross_a_socketpair() {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let (p, _q) = rustix::pipe::pipe().unwrap();
+        send_with_fds(a.as_fd(), b"x", &[p.as_fd(), p.as_fd()]).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(fds.len(), 2);
+        send_with_fds(a.as_fd(), b"y", &[]).unwrap();
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!((n, fds.len()), (1, 0));
+    }
+
+    #[test]
+    fn unknown_numbers_cannot_be_claimed() {
+        record_inherited_fds();
+        assert!(claim_inherited_fd(987).is_err());
+        assert!(!inherited_fd_available(987));
+    }
+}
