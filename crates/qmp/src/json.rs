@@ -52,10 +52,8 @@ enum State {
     Recovery,
     DqString,
     DqEscape,
-    DqHex(u8),
     SqString,
     SqEscape,
-    SqHex(u8),
     Zero,
     Neg,
     NonZero,
@@ -166,29 +164,17 @@ impl JsonStream {
                     }
                 }
                 State::DqEscape | State::SqEscape => {
-                    let dq = self.state == State::DqEscape;
+                    // The lexer takes any printable byte after a backslash; the parser
+                    // judges the escape (QEMU reports bad ones as parse errors).
                     self.token.push(b);
-                    match b {
-                        b'b' | b'f' | b'n' | b'r' | b't' | b'/' | b'\\' | b'\'' | b'"' => {
-                            self.state = if dq { State::DqString } else { State::SqString };
-                        }
-                        b'u' => self.state = if dq { State::DqHex(0) } else { State::SqHex(0) },
-                        _ => self.lex_error(out),
-                    }
-                }
-                State::DqHex(n) | State::SqHex(n) => {
-                    let dq = matches!(self.state, State::DqHex(_));
-                    self.token.push(b);
-                    if !b.is_ascii_hexdigit() {
-                        self.lex_error(out);
-                    } else if n == 3 {
-                        self.state = if dq { State::DqString } else { State::SqString };
-                    } else {
-                        self.state = if dq {
-                            State::DqHex(n + 1)
+                    if (0x20..0xFE).contains(&b) {
+                        self.state = if self.state == State::DqEscape {
+                            State::DqString
                         } else {
-                            State::SqHex(n + 1)
+                            State::SqString
                         };
+                    } else {
+                        self.lex_error(out);
                     }
                 }
                 State::Neg => {
