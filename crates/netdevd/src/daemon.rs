@@ -343,14 +343,13 @@ impl Daemon {
             read: !conn.closing && conn.out.len() <= MAX_OUTPUT,
             write: !conn.out.is_empty(),
         };
-        if want != conn.interest {
-            if self
+        if want != conn.interest
+            && self
                 .reactor
                 .modify(conn.stream.fd(), KIND_CONN | idx as u64, want)
                 .is_ok()
-            {
-                conn.interest = want;
-            }
+        {
+            conn.interest = want;
         }
     }
 

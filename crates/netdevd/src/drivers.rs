@@ -91,7 +91,7 @@ fn check_socket(o: &NetdevSocketOptions, fds: &mut dyn FdSource) -> Result<(), Q
         return Err(err("localaddr= is only valid with mcast= or udp="));
     }
     if let Some(fd) = &o.fd {
-        fds.check(fd)?;
+        fds.check_fd(fd)?;
     }
     if o.udp.is_some() && o.localaddr.is_none() {
         return Err(err("localaddr= is mandatory with udp="));
@@ -115,7 +115,7 @@ fn check_tap(o: &NetdevTapOptions, fds: &mut dyn FdSource) -> Result<(), QmpErro
                 "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd=",
             ));
         }
-        fds.check(fd)?;
+        fds.check_fd(fd)?;
     } else if let Some(list) = &o.fds {
         if o.ifname.is_some()
             || o.script.is_some()
@@ -134,7 +134,7 @@ fn check_tap(o: &NetdevTapOptions, fds: &mut dyn FdSource) -> Result<(), QmpErro
             return Err(err("fds= needs at least one file descriptor"));
         }
         for fd in list.split(':') {
-            fds.check(fd)?;
+            fds.check_fd(fd)?;
         }
     } else if o.helper.is_some() {
         if o.ifname.is_some()

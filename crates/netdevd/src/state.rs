@@ -28,11 +28,11 @@ pub struct Monitor {
 /// name kept by the calling monitor's `getfd` (QEMU's `monitor_fd_param`).
 pub trait FdSource {
     /// Check that the value names an fd, without taking it.
-    fn check(&mut self, param: &str) -> Result<(), QmpError>;
+    fn check_fd(&mut self, param: &str) -> Result<(), QmpError>;
     /// Take the fd (a named one leaves the monitor's table). The fd-taking drivers
     /// (socket, tap) are its callers; until they land only tests call it.
     #[cfg_attr(not(test), allow(dead_code))]
-    fn take(&mut self, param: &str) -> Result<OwnedFd, QmpError>;
+    fn take_fd(&mut self, param: &str) -> Result<OwnedFd, QmpError>;
 }
 
 fn fd_number(param: &str) -> Option<Result<i32, QmpError>> {
@@ -59,7 +59,7 @@ fn inherited(n: i32) -> Result<(), QmpError> {
 }
 
 impl FdSource for Option<&mut Monitor> {
-    fn check(&mut self, param: &str) -> Result<(), QmpError> {
+    fn check_fd(&mut self, param: &str) -> Result<(), QmpError> {
         if let Some(n) = fd_number(param) {
             return inherited(n?);
         }
@@ -71,7 +71,7 @@ impl FdSource for Option<&mut Monitor> {
         }
     }
 
-    fn take(&mut self, param: &str) -> Result<OwnedFd, QmpError> {
+    fn take_fd(&mut self, param: &str) -> Result<OwnedFd, QmpError> {
         if let Some(n) = fd_number(param) {
             let n = n?;
             return netdevd_sys::claim_inherited_fd(n)
@@ -372,18 +372,18 @@ mod tests {
         run(&mut st, &mut m, "getfd", json!({"fdname": "x"})).unwrap();
         assert!(m.pending.is_empty() && m.named.contains_key("x"));
         let mut src: Option<&mut Monitor> = Some(&mut m);
-        assert!(src.check("x").is_ok());
+        assert!(src.check_fd("x").is_ok());
         assert_eq!(
-            src.check("y").unwrap_err().desc,
+            src.check_fd("y").unwrap_err().desc,
             "File descriptor named 'y' has not been found"
         );
         assert_eq!(
-            src.check("5x").unwrap_err().desc,
+            src.check_fd("5x").unwrap_err().desc,
             "Invalid file descriptor number '5x'"
         );
-        let fd = src.take("x").unwrap();
+        let fd = src.take_fd("x").unwrap();
         drop(fd);
-        assert!(src.take("x").is_err());
+        assert!(src.take_fd("x").is_err());
         let e = run(&mut st, &mut m, "closefd", json!({"fdname": "x"})).unwrap_err();
         assert_eq!(e.desc, "File descriptor named 'x' not found");
     }

@@ -159,7 +159,7 @@ impl JsonStream {
                         } else {
                             State::SqEscape
                         };
-                    } else if b < 0x20 || b >= 0xFE {
+                    } else if !(0x20..0xFE).contains(&b) {
                         self.lex_error(out);
                     }
                 }
@@ -676,6 +676,14 @@ mod tests {
         assert_eq!(
             err(b"\"\xc3\x28\""),
             ["JSON parse error, invalid UTF-8 sequence in string"]
+        );
+        assert_eq!(
+            err(br#""\q""#),
+            ["JSON parse error, invalid escape sequence in string"]
+        );
+        assert_eq!(
+            err(br#""\u12""#),
+            ["JSON parse error, invalid hex escape sequence in string"]
         );
     }
 
