@@ -23,6 +23,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cmd = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
