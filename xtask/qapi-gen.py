@@ -21,7 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_DIR = os.path.join(ROOT, "crates", "qapi", "schema")
 OUT = os.path.join(ROOT, "crates", "qapi", "src", "generated.rs")
-FILES = ["net.json", "control.json"]
+FILES = ["sockets.json", "net.json", "control.json"]
 # Conditions true on the platform we build for.
 ENABLED_CONDITIONS = set()
 
@@ -100,7 +100,9 @@ def camel(name):
 
 def snake(name):
     s = name.replace("-", "_").lower()
-    if s in ("type", "ref", "mod", "fn", "loop", "match", "use", "in", "impl", "move", "static"):
+    if s in ("type", "ref", "mod", "fn", "loop", "match", "use", "in", "impl", "move", "static",
+             "abstract", "box", "do", "final", "macro", "override", "priv", "try", "typeof",
+             "unsized", "virtual", "yield", "async", "await", "dyn", "become"):
         s = "r#" + s
     return s
 

@@ -17,6 +17,136 @@ pub static STRING: StructDef = StructDef {
         unstable: false,
     }],
 };
+pub static INET_SOCKET_ADDRESS_BASE: StructDef = StructDef {
+    name: "InetSocketAddressBase",
+    members: &[
+        Member {
+            name: "host",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "port",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+    ],
+};
+pub static INET_SOCKET_ADDRESS: StructDef = StructDef {
+    name: "InetSocketAddress",
+    members: &[
+        Member {
+            name: "host",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "port",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "numeric",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "to",
+            ty: Ty::Uint16,
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "ipv4",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "ipv6",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "keep-alive",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "mptcp",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+    ],
+};
+pub static UNIX_SOCKET_ADDRESS: StructDef = StructDef {
+    name: "UnixSocketAddress",
+    members: &[
+        Member {
+            name: "path",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "abstract",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "tight",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+    ],
+};
+pub static VSOCK_SOCKET_ADDRESS: StructDef = StructDef {
+    name: "VsockSocketAddress",
+    members: &[
+        Member {
+            name: "cid",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "port",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+    ],
+};
+pub static SOCKET_ADDRESS_TYPE: EnumDef = EnumDef {
+    name: "SocketAddressType",
+    values: &["inet", "unix", "vsock", "fd"],
+};
+pub static SOCKET_ADDRESS: UnionDef = UnionDef {
+    name: "SocketAddress",
+    base: &[Member {
+        name: "type",
+        ty: Ty::Enum(&SOCKET_ADDRESS_TYPE),
+        optional: false,
+        unstable: false,
+    }],
+    discriminator: "type",
+    variants: &[
+        ("inet", &INET_SOCKET_ADDRESS),
+        ("unix", &UNIX_SOCKET_ADDRESS),
+        ("vsock", &VSOCK_SOCKET_ADDRESS),
+        ("fd", &STRING),
+    ],
+};
 pub static NET_LEGACY_NIC_OPTIONS: StructDef = StructDef {
     name: "NetLegacyNicOptions",
     members: &[
@@ -325,6 +455,40 @@ pub static NETDEV_SOCKET_OPTIONS: StructDef = StructDef {
         },
     ],
 };
+pub static NETDEV_STREAM_OPTIONS: StructDef = StructDef {
+    name: "NetdevStreamOptions",
+    members: &[
+        Member {
+            name: "addr",
+            ty: Ty::Union(&SOCKET_ADDRESS),
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "server",
+            ty: Ty::Bool,
+            optional: true,
+            unstable: false,
+        },
+    ],
+};
+pub static NETDEV_DGRAM_OPTIONS: StructDef = StructDef {
+    name: "NetdevDgramOptions",
+    members: &[
+        Member {
+            name: "local",
+            ty: Ty::Union(&SOCKET_ADDRESS),
+            optional: true,
+            unstable: false,
+        },
+        Member {
+            name: "remote",
+            ty: Ty::Union(&SOCKET_ADDRESS),
+            optional: true,
+            unstable: false,
+        },
+    ],
+};
 pub static NETDEV_L2_TPV3_OPTIONS: StructDef = StructDef {
     name: "NetdevL2TPv3Options",
     members: &[
@@ -527,6 +691,12 @@ pub static NETDEV_VHOST_VDPAOPTIONS: StructDef = StructDef {
             unstable: false,
         },
         Member {
+            name: "vhostfd",
+            ty: Ty::Str,
+            optional: true,
+            unstable: false,
+        },
+        Member {
             name: "queues",
             ty: Ty::Int,
             optional: true,
@@ -549,6 +719,8 @@ pub static NET_CLIENT_DRIVER: EnumDef = EnumDef {
         "tap",
         "l2tpv3",
         "socket",
+        "stream",
+        "dgram",
         "vde",
         "bridge",
         "hubport",
@@ -580,6 +752,8 @@ pub static NETDEV: UnionDef = UnionDef {
         ("tap", &NETDEV_TAP_OPTIONS),
         ("l2tpv3", &NETDEV_L2_TPV3_OPTIONS),
         ("socket", &NETDEV_SOCKET_OPTIONS),
+        ("stream", &NETDEV_STREAM_OPTIONS),
+        ("dgram", &NETDEV_DGRAM_OPTIONS),
         ("vde", &NETDEV_VDE_OPTIONS),
         ("bridge", &NETDEV_BRIDGE_OPTIONS),
         ("hubport", &NETDEV_HUB_PORT_OPTIONS),
@@ -913,6 +1087,161 @@ pub struct StringItem {
 }
 
 /// ```text
+/// -*- Mode: Python -*-
+///
+/// Socket addresses, as QEMU 7.2's qapi/sockets.json shapes them (the parts the
+/// stream and dgram netdevs take). Descriptions written for netdevd.
+///
+/// @InetSocketAddressBase:
+///
+/// @host: host name or numeric address
+///
+/// @port: port number or service name
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InetSocketAddressBase {
+    pub host: String,
+    pub port: String,
+}
+
+/// ```text
+/// @InetSocketAddress:
+///
+/// An IPv4 or IPv6 socket address.
+///
+/// @numeric: the host is numeric (no name lookup)
+///
+/// @to: try ports up to this one when binding
+///
+/// @ipv4: whether to use IPv4
+///
+/// @ipv6: whether to use IPv6
+///
+/// @keep-alive: enable TCP keep-alive
+///
+/// @mptcp: use Multipath TCP
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InetSocketAddress {
+    pub host: String,
+    pub port: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numeric: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<bool>,
+    #[serde(rename = "keep-alive")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mptcp: Option<bool>,
+}
+
+/// ```text
+/// @UnixSocketAddress:
+///
+/// A unix socket address.
+///
+/// @path: filesystem path, or the name in the abstract namespace
+///
+/// @abstract: the name is in the abstract namespace
+///
+/// @tight: the abstract name's length is the name's, not sun_path's
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnixSocketAddress {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#abstract: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tight: Option<bool>,
+}
+
+/// ```text
+/// @VsockSocketAddress:
+///
+/// A vsock socket address.
+///
+/// @cid: context id
+///
+/// @port: port
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VsockSocketAddress {
+    pub cid: String,
+    pub port: String,
+}
+
+/// ```text
+/// @SocketAddressType:
+///
+/// The kinds of socket address.
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SocketAddressType {
+    #[serde(rename = "inet")]
+    Inet,
+    #[serde(rename = "unix")]
+    Unix,
+    #[serde(rename = "vsock")]
+    Vsock,
+    #[serde(rename = "fd")]
+    Fd,
+}
+
+impl SocketAddressType {
+    /// The value's name in the schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inet => "inet",
+            Self::Unix => "unix",
+            Self::Vsock => "vsock",
+            Self::Fd => "fd",
+        }
+    }
+}
+
+/// ```text
+/// @SocketAddress:
+///
+/// A socket address: inet, unix, vsock, or an fd passed earlier (by name or number).
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketAddress {
+    #[serde(flatten)]
+    pub variant: SocketAddressVariant,
+}
+
+/// The branches of [`SocketAddress`], selected by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SocketAddressVariant {
+    #[serde(rename = "inet")]
+    Inet(InetSocketAddress),
+    #[serde(rename = "unix")]
+    Unix(UnixSocketAddress),
+    #[serde(rename = "vsock")]
+    Vsock(VsockSocketAddress),
+    #[serde(rename = "fd")]
+    Fd(StringItem),
+}
+
+impl SocketAddressVariant {
+    /// The discriminator value of this branch.
+    pub fn kind(&self) -> SocketAddressType {
+        match self {
+            Self::Inet(_) => SocketAddressType::Inet,
+            Self::Unix(_) => SocketAddressType::Unix,
+            Self::Vsock(_) => SocketAddressType::Vsock,
+            Self::Fd(_) => SocketAddressType::Fd,
+        }
+    }
+}
+
+/// ```text
 /// @NetLegacyNicOptions:
 ///
 /// Create a new Network Interface Card.
@@ -1174,6 +1503,53 @@ pub struct NetdevSocketOptions {
 }
 
 /// ```text
+/// @NetdevStreamOptions:
+///
+/// Configuration info for stream socket netdev (QEMU 7.2; not in the 7.1 seed)
+///
+/// @addr: socket address to listen on (server=true)
+/// or connect to (server=false)
+///
+/// @server: create server socket (default: false)
+///
+/// Only SocketAddress types 'unix', 'inet' and 'fd' are supported.
+///
+/// Since: 7.2
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetdevStreamOptions {
+    pub addr: SocketAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<bool>,
+}
+
+/// ```text
+/// @NetdevDgramOptions:
+///
+/// Configuration info for datagram socket netdev (QEMU 7.2; not in the 7.1 seed)
+///
+/// @remote: remote address
+///
+/// @local: local address
+///
+/// Only SocketAddress types 'unix', 'inet' and 'fd' are supported.
+///
+/// If remote address is present and it's a multicast address, local address
+/// is optional. Otherwise local address is required and remote address is
+/// optional.
+///
+/// Since: 7.2
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NetdevDgramOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddress>,
+    #[serde(rename = "remote")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddress>,
+}
+
+/// ```text
 /// @NetdevL2TPv3Options:
 ///
 /// Configure an Ethernet over L2TPv3 tunnel.
@@ -1363,6 +1739,9 @@ pub struct NetdevVhostUserOptions {
 /// @vhostdev: path of vhost-vdpa device
 /// (default:'/dev/vhost-vdpa-0')
 ///
+/// @vhostfd: file descriptor of an already opened vhost vdpa device
+/// (since 7.2; not in the 7.1 seed)
+///
 /// @queues: number of queues to be created for multiqueue vhost-vdpa
 /// (default: 1)
 ///
@@ -1378,6 +1757,8 @@ pub struct NetdevVhostUserOptions {
 pub struct NetdevVhostVDPAOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhostdev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhostfd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<i64>,
     #[serde(rename = "x-svq")]
@@ -1411,6 +1792,10 @@ pub enum NetClientDriver {
     L2tpv3,
     #[serde(rename = "socket")]
     Socket,
+    #[serde(rename = "stream")]
+    Stream,
+    #[serde(rename = "dgram")]
+    Dgram,
     #[serde(rename = "vde")]
     Vde,
     #[serde(rename = "bridge")]
@@ -1435,6 +1820,8 @@ impl NetClientDriver {
             Self::Tap => "tap",
             Self::L2tpv3 => "l2tpv3",
             Self::Socket => "socket",
+            Self::Stream => "stream",
+            Self::Dgram => "dgram",
             Self::Vde => "vde",
             Self::Bridge => "bridge",
             Self::Hubport => "hubport",
@@ -1484,6 +1871,10 @@ pub enum NetdevVariant {
     L2tpv3(NetdevL2TPv3Options),
     #[serde(rename = "socket")]
     Socket(NetdevSocketOptions),
+    #[serde(rename = "stream")]
+    Stream(NetdevStreamOptions),
+    #[serde(rename = "dgram")]
+    Dgram(NetdevDgramOptions),
     #[serde(rename = "vde")]
     Vde(NetdevVdeOptions),
     #[serde(rename = "bridge")]
@@ -1508,6 +1899,8 @@ impl NetdevVariant {
             Self::Tap(_) => NetClientDriver::Tap,
             Self::L2tpv3(_) => NetClientDriver::L2tpv3,
             Self::Socket(_) => NetClientDriver::Socket,
+            Self::Stream(_) => NetClientDriver::Stream,
+            Self::Dgram(_) => NetClientDriver::Dgram,
             Self::Vde(_) => NetClientDriver::Vde,
             Self::Bridge(_) => NetClientDriver::Bridge,
             Self::Hubport(_) => NetClientDriver::Hubport,

@@ -9,6 +9,7 @@
 //! in its own.
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -64,9 +65,12 @@ pub struct Ready {
 }
 
 /// The epoll instance.
+///
+/// Every method takes `&self`, so the reactor can be shared (`Rc<Reactor>`) by the loop and
+/// the backends that register their own fds.
 pub struct Reactor {
     epoll: OwnedFd,
-    events: Vec<Event>,
+    events: RefCell<Vec<Event>>,
 }
 
 /// Events taken from the kernel per wait.
@@ -76,7 +80,7 @@ impl Reactor {
     pub fn new() -> io::Result<Self> {
         Ok(Reactor {
             epoll: epoll::create(CreateFlags::CLOEXEC)?,
-            events: Vec::with_capacity(EVENTS_PER_WAIT),
+            events: RefCell::new(Vec::with_capacity(EVENTS_PER_WAIT)),
         })
     }
 
@@ -104,7 +108,7 @@ impl Reactor {
 
     /// Wait until an fd is ready or `deadline` passes (`None`: no deadline). Ready fds are
     /// appended to `out`. EINTR is an empty wait.
-    pub fn wait(&mut self, deadline: Option<Instant>, out: &mut Vec<Ready>) -> io::Result<()> {
+    pub fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Ready>) -> io::Result<()> {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             // epoll_wait counts whole milliseconds: add one so a timer never fires early.
@@ -118,17 +122,18 @@ impl Reactor {
                 tv_nsec: left.subsec_nanos() as i64,
             }
         });
-        self.events.clear();
+        let mut events = self.events.borrow_mut();
+        events.clear();
         match epoll::wait(
             &self.epoll,
-            rustix::buffer::spare_capacity(&mut self.events),
+            rustix::buffer::spare_capacity(&mut *events),
             timeout.as_ref(),
         ) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        for ev in &self.events {
+        for ev in events.iter() {
             let flags = ev.flags;
             out.push(Ready {
                 token: ev.data.u64(),
@@ -153,7 +158,7 @@ mod tests {
 
     #[test]
     fn pipe_readiness_and_deadline() {
-        let mut r = Reactor::new().unwrap();
+        let r = Reactor::new().unwrap();
         let (rd, wr) = rustix::pipe::pipe().unwrap();
         r.register(rd.as_fd(), 7, Interest::READ).unwrap();
         let mut out = Vec::new();
