@@ -438,6 +438,14 @@ impl Net {
         Ok(())
     }
 
+    /// A backend's own view of its link (a connection came or went), as QEMU's socket
+    /// backends set `link_down` themselves. Only this client changes; no callbacks run.
+    pub fn set_client_link(&mut self, id: ClientId, up: bool) {
+        if let Some(c) = self.get_mut(id) {
+            c.link_down = !up;
+        }
+    }
+
     /// Send a frame from client `from` to its peer.
     pub fn send(&mut self, from: ClientId, frame: Frame) -> Sent {
         let Some(c) = self.get_mut(from) else {

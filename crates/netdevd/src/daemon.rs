@@ -14,6 +14,7 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use netdevd_qapi::schema::CommandDef;
@@ -22,7 +23,7 @@ use netdevd_qmp::{event_line, greeting, QmpError, Session};
 use netdevd_reactor::{Interest, Reactor, Ready};
 
 use crate::cli::QmpAddr;
-use crate::state::{Monitor, State};
+use crate::state::{Monitor, State, KIND_BACKEND};
 
 const KIND_LISTENER: u64 = 1 << 56;
 const KIND_CONN: u64 = 2 << 56;
@@ -75,7 +76,7 @@ struct Conn {
 /// The daemon: its state plus everything the loop owns.
 pub struct Daemon {
     pub state: State,
-    reactor: Reactor,
+    reactor: Rc<Reactor>,
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
     signals: Option<OwnedFd>,
@@ -112,8 +113,8 @@ fn bind(addr: &QmpAddr) -> io::Result<Listener> {
 impl Daemon {
     pub fn new(state: State) -> io::Result<Self> {
         Ok(Daemon {
+            reactor: state.reactor.clone(),
             state,
-            reactor: Reactor::new()?,
             listeners: Vec::new(),
             conns: Vec::new(),
             signals: None,
@@ -152,12 +153,20 @@ impl Daemon {
     /// Run until `quit` or a signal.
     pub fn run(&mut self) -> io::Result<()> {
         let mut ready = Vec::new();
+        let mut more = self.state.pump_all();
         while self.running {
             ready.clear();
-            self.reactor.wait(self.state.next_deadline(), &mut ready)?;
+            // Frames still waiting in a backend: look again without sleeping.
+            let deadline = if more {
+                Some(Instant::now())
+            } else {
+                self.state.next_deadline()
+            };
+            self.reactor.wait(deadline, &mut ready)?;
             for r in &ready {
                 self.dispatch(*r);
             }
+            more = self.state.pump_all();
             self.state.run_timers(Instant::now());
             self.flush_events();
             if self.state.quit && self.conns.iter().flatten().all(|c| c.out.is_empty()) {
@@ -172,6 +181,7 @@ impl Daemon {
         match r.token & !INDEX_MASK {
             KIND_LISTENER => self.accept(idx),
             KIND_CONN => self.conn_ready(idx, r),
+            KIND_BACKEND => self.state.backend_ready(r.token, r),
             KIND_SIGNAL => {
                 if let Some(sig) = self
                     .signals

@@ -2,19 +2,28 @@
 //! id well-formed → type creatable → id not a duplicate → the driver's own checks and
 //! resources. Nothing is half-made: a failure leaves the registry as it was.
 //!
-//! Working drivers: `hubport`. `none` means "no network" on the command line (as QEMU's
-//! `-nic none`) and is refused by `netdev_add` as QEMU refuses it. Every other driver is
-//! checked with the option rules QEMU applies before it touches a resource, then answered
-//! "not available yet" until its issue lands.
+//! Working drivers: `hubport`, `socket` (every mode), `stream` and `dgram` (QEMU 7.2).
+//! `none` means "no network" on the command line (as QEMU's `-nic none`) and is refused by
+//! `netdev_add` as QEMU refuses it. Every other driver is checked with the option rules QEMU
+//! applies before it touches a resource, then answered "not available yet" until its issue
+//! lands.
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use netdevd_backends::addr::{convert_host_port, inet_aton, parse_host_port};
+use netdevd_backends::dgram::DgramConfig;
+use netdevd_backends::stream::{StreamAddr, StreamConfig};
 use netdevd_core::net::NetError;
 use netdevd_qapi::{
-    NetdevL2TPv3Options, NetdevSocketOptions, NetdevTapOptions, NetdevVariant,
-    NetdevVhostUserOptions, NetdevVhostVDPAOptions,
+    NetdevDgramOptions, NetdevL2TPv3Options, NetdevSocketOptions, NetdevStreamOptions,
+    NetdevTapOptions, NetdevVariant, NetdevVhostUserOptions, NetdevVhostVDPAOptions, SocketAddress,
+    SocketAddressVariant,
 };
 use netdevd_qmp::{ErrorClass, QmpError};
 
-use crate::state::{FdSource, State};
+use crate::state::{BackendKind, FdSource, State};
 
 /// QMP's view of a core error.
 pub fn net_error(e: NetError) -> QmpError {
@@ -60,7 +69,19 @@ pub fn netdev_add(
                 .map_err(net_error)?;
             return Ok(());
         }
-        NetdevVariant::Socket(o) => check_socket(o, fds)?,
+        NetdevVariant::Socket(o) => {
+            check_socket(o, fds)?;
+            let cfg = socket_config(o, fds)?;
+            return state.add_backend(&nd.id, "socket", cfg);
+        }
+        NetdevVariant::Stream(o) => {
+            let cfg = stream_config(o, fds)?;
+            return state.add_backend(&nd.id, "stream", BackendKind::Stream(cfg));
+        }
+        NetdevVariant::Dgram(o) => {
+            let cfg = dgram_config(o, fds)?;
+            return state.add_backend(&nd.id, "dgram", BackendKind::Dgram(cfg));
+        }
         NetdevVariant::Tap(o) => check_tap(o, fds)?,
         NetdevVariant::L2tpv3(o) => check_l2tpv3(o)?,
         NetdevVariant::VhostUser(o) => check_vhost_user(o)?,
@@ -97,6 +118,183 @@ fn check_socket(o: &NetdevSocketOptions, fds: &mut dyn FdSource) -> Result<(), Q
         return Err(err("localaddr= is mandatory with udp="));
     }
     Ok(())
+}
+
+fn addr_err(e: impl std::fmt::Display) -> QmpError {
+    err(e.to_string())
+}
+
+/// A passed socket fd: a stream or a datagram socket (`net_socket_fd_init`).
+fn fd_kind(fd: OwnedFd, param: &str, listening_ok: bool) -> Result<BackendKind, QmpError> {
+    use rustix::net::{sockopt, SocketType};
+    let ty = sockopt::socket_type(&fd).map_err(|e| err(format!("can't use fd={param}: {e}")))?;
+    if ty == SocketType::STREAM {
+        let listening = sockopt::socket_acceptconn(&fd).unwrap_or(false);
+        if listening && listening_ok {
+            return Ok(BackendKind::Stream(StreamConfig::Listening(fd)));
+        }
+        return Ok(BackendKind::Stream(StreamConfig::Connected(fd)));
+    }
+    if ty == SocketType::DGRAM {
+        return Ok(BackendKind::Dgram(DgramConfig::Fd { fd, dest: None }));
+    }
+    Err(err(format!(
+        "socket type={} for fd={param} must be either SOCK_DGRAM or SOCK_STREAM",
+        ty.as_raw()
+    )))
+}
+
+/// The `socket` netdev's mode, with QEMU's address rules (`net/socket.c`).
+fn socket_config(o: &NetdevSocketOptions, fds: &mut dyn FdSource) -> Result<BackendKind, QmpError> {
+    if let Some(fd) = &o.fd {
+        let owned = fds.take_fd(fd)?;
+        return fd_kind(owned, fd, false);
+    }
+    if let Some(l) = &o.listen {
+        let a = parse_host_port(l).map_err(addr_err)?;
+        return Ok(BackendKind::Stream(StreamConfig::Listen(StreamAddr::Inet(
+            a.into(),
+        ))));
+    }
+    if let Some(c) = &o.connect {
+        let a = parse_host_port(c).map_err(addr_err)?;
+        return Ok(BackendKind::Stream(StreamConfig::Connect(
+            StreamAddr::Inet(a.into()),
+        )));
+    }
+    if let Some(m) = &o.mcast {
+        let group = parse_host_port(m).map_err(addr_err)?;
+        let localaddr = match &o.localaddr {
+            Some(l) => Some(
+                inet_aton(l)
+                    .ok_or_else(|| err(format!("localaddr '{l}' is not a valid IPv4 address")))?,
+            ),
+            None => None,
+        };
+        return Ok(BackendKind::Dgram(DgramConfig::Mcast { group, localaddr }));
+    }
+    if let Some(u) = &o.udp {
+        let remote = parse_host_port(u).map_err(addr_err)?;
+        let local =
+            parse_host_port(o.localaddr.as_deref().unwrap_or_default()).map_err(addr_err)?;
+        return Ok(BackendKind::Dgram(DgramConfig::Udp { local, remote }));
+    }
+    Err(err(
+        "exactly one of listen=, connect=, mcast= or udp= is required",
+    ))
+}
+
+/// An inet `SocketAddress` of the 7.2 netdevs: numeric hosts (IPv4 or IPv6) are taken as
+/// they are; names are looked up. The port must be a number.
+fn inet_addr(host: &str, port: &str) -> Result<SocketAddr, QmpError> {
+    let p: u16 = port
+        .parse()
+        .map_err(|_| err(format!("port number '{port}' is invalid")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], p)));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, p));
+    }
+    (host, p)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| err(format!("address resolution failed for {host}:{port}")))
+}
+
+fn stream_addr(a: &SocketAddress) -> Result<StreamAddr, QmpError> {
+    match &a.variant {
+        SocketAddressVariant::Inet(i) => Ok(StreamAddr::Inet(inet_addr(&i.host, &i.port)?)),
+        SocketAddressVariant::Unix(u) => Ok(StreamAddr::Unix {
+            path: PathBuf::from(&u.path),
+            abstract_name: u.r#abstract == Some(true),
+        }),
+        SocketAddressVariant::Vsock(_) => Err(err("vsock addresses are not supported by netdevd")),
+        SocketAddressVariant::Fd(_) => Err(err("an fd address cannot be used here")),
+    }
+}
+
+/// QEMU 7.2's `stream` netdev.
+fn stream_config(
+    o: &NetdevStreamOptions,
+    fds: &mut dyn FdSource,
+) -> Result<StreamConfig, QmpError> {
+    let server = o.server == Some(true);
+    if let SocketAddressVariant::Fd(f) = &o.addr.variant {
+        let fd = fds.take_fd(&f.str)?;
+        return match fd_kind(fd, &f.str, server)? {
+            BackendKind::Stream(c) => Ok(c),
+            BackendKind::Dgram(_) => Err(err(format!("fd={} is not a stream socket", f.str))),
+        };
+    }
+    let addr = stream_addr(&o.addr)?;
+    Ok(if server {
+        StreamConfig::Listen(addr)
+    } else {
+        StreamConfig::Connect(addr)
+    })
+}
+
+/// QEMU 7.2's `dgram` netdev, with its rules and texts (`net/dgram.c`).
+fn dgram_config(o: &NetdevDgramOptions, fds: &mut dyn FdSource) -> Result<DgramConfig, QmpError> {
+    let (local, remote) = (o.local.as_ref(), o.remote.as_ref());
+    if let Some(SocketAddressVariant::Inet(r)) = remote.map(|r| &r.variant) {
+        let group = convert_host_port(&r.host, &r.port).map_err(addr_err)?;
+        if group.ip().is_multicast() {
+            let localaddr = match local.map(|l| &l.variant) {
+                None => None,
+                Some(SocketAddressVariant::Inet(l)) => {
+                    Some(inet_aton(&l.host).ok_or_else(|| {
+                        err(format!(
+                            "localaddr '{}' is not a valid IPv4 address",
+                            l.host
+                        ))
+                    })?)
+                }
+                Some(_) => return Err(err("only support inet or fd type for local")),
+            };
+            return Ok(DgramConfig::Mcast { group, localaddr });
+        }
+    }
+    let Some(local) = local else {
+        return Err(err("dgram requires local= parameter"));
+    };
+    match remote {
+        Some(r) => {
+            if matches!(local.variant, SocketAddressVariant::Fd(_)) {
+                return Err(err("don't set remote with local.fd"));
+            }
+            if std::mem::discriminant(&r.variant) != std::mem::discriminant(&local.variant) {
+                return Err(err("remote and local types must be the same"));
+            }
+        }
+        None => {
+            if !matches!(local.variant, SocketAddressVariant::Fd(_)) {
+                return Err(err("type=inet or type=unix requires remote parameter"));
+            }
+        }
+    }
+    match (&local.variant, remote.map(|r| &r.variant)) {
+        (SocketAddressVariant::Inet(l), Some(SocketAddressVariant::Inet(r))) => {
+            Ok(DgramConfig::Udp {
+                local: convert_host_port(&l.host, &l.port).map_err(addr_err)?,
+                remote: convert_host_port(&r.host, &r.port).map_err(addr_err)?,
+            })
+        }
+        (SocketAddressVariant::Unix(l), Some(SocketAddressVariant::Unix(r))) => {
+            Ok(DgramConfig::Unix {
+                local: PathBuf::from(&l.path),
+                remote: PathBuf::from(&r.path),
+            })
+        }
+        (SocketAddressVariant::Fd(f), None) => {
+            let fd = fds.take_fd(&f.str)?;
+            Ok(DgramConfig::Fd { fd, dest: None })
+        }
+        _ => Err(err("only support inet or fd type for local")),
+    }
 }
 
 /// `net/tap.c` `net_init_tap`'s option rules, with QEMU's aborts answered as errors.

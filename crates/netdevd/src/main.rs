@@ -89,7 +89,8 @@ fn run(mut opts: Options) -> anyhow::Result<()> {
             state::parse_netdev_option(s).map_err(|e| anyhow::anyhow!("--netdev '{s}': {e}"))?;
         netdevs.push((s.clone(), nd));
     }
-    let mut state = State::new();
+    let reactor = std::rc::Rc::new(netdevd_backends::Reactor::new()?);
+    let mut state = State::new(reactor);
     for (s, nd) in netdevs {
         // `none` on the command line means "no network", as QEMU's -nic none.
         if matches!(nd.variant, NetdevVariant::None) {

@@ -1,12 +1,17 @@
 //! The daemon's state and what each QMP command does to it. Runs on the event loop's
 //! thread; a command sees a consistent registry and needs no locks.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::time::Instant;
 
+use netdevd_backends::dgram::{DgramBackend, DgramConfig};
+use netdevd_backends::stream::{StreamBackend, StreamConfig};
+use netdevd_backends::{BackendEndpoint, Reactor, Ready, Registration, SharedBackend};
 use netdevd_core::announce::{AnnounceParams, Announcer};
-use netdevd_core::net::Net;
+use netdevd_core::net::{ClientId, Net, NewClient, Role};
 use netdevd_core::nic;
 use netdevd_qapi::schema::{CommandDef, Ty};
 use netdevd_qapi::{parse_as, AnnounceParameters, Netdev, NETDEV};
@@ -29,9 +34,7 @@ pub struct Monitor {
 pub trait FdSource {
     /// Check that the value names an fd, without taking it.
     fn check_fd(&mut self, param: &str) -> Result<(), QmpError>;
-    /// Take the fd (a named one leaves the monitor's table). The fd-taking drivers
-    /// (socket, tap) are its callers; until they land only tests call it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Take the fd (a named one leaves the monitor's table).
     fn take_fd(&mut self, param: &str) -> Result<OwnedFd, QmpError>;
 }
 
@@ -87,9 +90,31 @@ impl FdSource for Option<&mut Monitor> {
     }
 }
 
+/// Token kinds on the reactor (top byte of a token).
+pub const KIND_BACKEND: u64 = 4 << 56;
+/// Frames one backend may hand the core per loop turn, so one busy source cannot starve
+/// the others.
+pub const PUMP_BUDGET: usize = 64;
+
+/// A backend to create.
+pub enum BackendKind {
+    Stream(StreamConfig),
+    Dgram(DgramConfig),
+}
+
+struct BackendSlot {
+    id: ClientId,
+    name: String,
+    gen: u16,
+    backend: SharedBackend,
+}
+
 /// Everything the daemon serves.
 pub struct State {
     pub net: Net,
+    pub reactor: Rc<Reactor>,
+    backends: Vec<Option<BackendSlot>>,
+    backend_gen: u16,
     pub announcer: Announcer,
     pub info: ServerInfo,
     /// Set by `quit`: the loop answers, flushes and exits.
@@ -99,9 +124,12 @@ pub struct State {
 }
 
 impl State {
-    pub fn new() -> Self {
+    pub fn new(reactor: Rc<Reactor>) -> Self {
         State {
             net: Net::new(),
+            reactor,
+            backends: Vec::new(),
+            backend_gen: 0,
             announcer: Announcer::default(),
             info: ServerInfo {
                 qemu: (7, 2, 0),
@@ -134,7 +162,7 @@ impl State {
                 Ok(json!({}))
             }
             "netdev_del" => {
-                self.net.remove_netdev(&s(&args, "id")).map_err(net_error)?;
+                self.netdev_del(&s(&args, "id"))?;
                 Ok(json!({}))
             }
             "set_link" => {
@@ -197,6 +225,138 @@ impl State {
         }
     }
 
+    /// `netdev_del`: the client (all its queues) and the backends behind it.
+    pub fn netdev_del(&mut self, id: &str) -> Result<(), QmpError> {
+        self.net.remove_netdev(id).map_err(net_error)?;
+        for slot in self.backends.iter_mut() {
+            if slot.as_ref().is_some_and(|b| b.name == id) {
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create a backend client named `name`. Nothing is left behind when it fails.
+    pub fn add_backend(
+        &mut self,
+        name: &str,
+        model: &'static str,
+        kind: BackendKind,
+    ) -> Result<(), QmpError> {
+        self.net.check_new(name, true, None).map_err(net_error)?;
+        let idx = self
+            .backends
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.backends.len());
+        self.backend_gen = self.backend_gen.wrapping_add(1);
+        let gen = self.backend_gen;
+        let reg = Registration::new(
+            self.reactor.clone(),
+            KIND_BACKEND | ((idx as u64) << 24) | ((gen as u64) << 8),
+        );
+        let backend: SharedBackend = match kind {
+            BackendKind::Stream(c) => Rc::new(RefCell::new(
+                StreamBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
+            )),
+            BackendKind::Dgram(c) => Rc::new(RefCell::new(
+                DgramBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
+            )),
+        };
+        let id = self
+            .net
+            .add(NewClient {
+                name: name.to_string(),
+                model,
+                role: Role::Backend(Box::new(BackendEndpoint(backend.clone()))),
+                is_netdev: true,
+                peer: None,
+            })
+            .map_err(net_error)?;
+        // A connection-oriented backend starts link-down until its peer is there.
+        let ev = backend.borrow_mut().take_events();
+        self.net.set_client_link(id, ev.link.unwrap_or(false));
+        tracing::info!(netdev = name, "{}", backend.borrow().info());
+        let slot = BackendSlot {
+            id,
+            name: name.to_string(),
+            gen,
+            backend,
+        };
+        if idx == self.backends.len() {
+            self.backends.push(Some(slot));
+        } else {
+            self.backends[idx] = Some(slot);
+        }
+        Ok(())
+    }
+
+    /// Readiness for a backend token.
+    pub fn backend_ready(&mut self, token: u64, r: Ready) {
+        let idx = ((token >> 24) & 0xffff_ffff) as usize;
+        let gen = ((token >> 8) & 0xffff) as u16;
+        let sub = (token & 0xff) as u8;
+        let Some(Some(slot)) = self.backends.get(idx) else {
+            return;
+        };
+        if slot.gen != gen {
+            return;
+        }
+        let b = slot.backend.clone();
+        b.borrow_mut().ready(sub, r);
+        self.pump(idx);
+    }
+
+    /// Move frames from every backend into the core while the core can take them. Returns
+    /// true if some backend still has frames ready (the loop must not sleep).
+    pub fn pump_all(&mut self) -> bool {
+        let mut more = false;
+        for idx in 0..self.backends.len() {
+            more |= self.pump(idx);
+        }
+        more
+    }
+
+    fn apply_events(&mut self, id: ClientId, b: &SharedBackend) {
+        let ev = b.borrow_mut().take_events();
+        if let Some(up) = ev.link {
+            self.net.set_client_link(id, up);
+        }
+        if ev.drained {
+            self.net.flush(id);
+        }
+    }
+
+    fn pump(&mut self, idx: usize) -> bool {
+        let Some(Some(slot)) = self.backends.get(idx) else {
+            return false;
+        };
+        let (id, b) = (slot.id, slot.backend.clone());
+        self.apply_events(id, &b);
+        let mut sent = 0;
+        let more = loop {
+            if !self.net.can_send(id) {
+                b.borrow_mut().set_paused(true);
+                break false;
+            }
+            b.borrow_mut().set_paused(false);
+            if sent == PUMP_BUDGET {
+                break true;
+            }
+            // The borrow ends with this statement: the core may call back into `b`.
+            let frame = b.borrow_mut().poll_frame();
+            match frame {
+                Some(f) => {
+                    self.net.send(id, f);
+                    sent += 1;
+                }
+                None => break false,
+            }
+        };
+        self.apply_events(id, &b);
+        more
+    }
+
     /// Start an announce timer; its first round goes out now.
     pub fn announce(&mut self, p: AnnounceParameters, now: Instant) {
         let params = AnnounceParams {
@@ -222,12 +382,6 @@ impl State {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.announcer.next_deadline()
-    }
-}
-
-impl Default for State {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -273,6 +427,10 @@ mod tests {
     use super::*;
     use netdevd_qapi::schema::command;
 
+    fn state() -> State {
+        State::new(Rc::new(Reactor::new().unwrap()))
+    }
+
     fn run(
         state: &mut State,
         mon: &mut Monitor,
@@ -290,7 +448,7 @@ mod tests {
 
     #[test]
     fn netdev_lifecycle() {
-        let mut st = State::new();
+        let mut st = state();
         let mut m = Monitor::default();
         run(
             &mut st,
@@ -363,7 +521,7 @@ mod tests {
 
     #[test]
     fn getfd_and_fd_params() {
-        let mut st = State::new();
+        let mut st = state();
         let mut m = Monitor::default();
         let e = run(&mut st, &mut m, "getfd", json!({"fdname": "x"})).unwrap_err();
         assert_eq!(e.desc, "No file descriptor supplied via SCM_RIGHTS");
