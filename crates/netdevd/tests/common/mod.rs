@@ -191,3 +191,143 @@ impl Qmp {
         self.read_line(Duration::from_secs(10)).expect("a reply")
     }
 }
+
+/// The guest built by `scripts/build-guest`.
+pub fn guest_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/guest");
+    assert!(
+        d.join("vmlinuz").exists() && d.join("initramfs.cpio.gz").exists(),
+        "no guest in {}: run scripts/build-guest (scripts/test does)",
+        d.display()
+    );
+    d
+}
+
+/// A cpio archive (newc) of regular files: (path, contents, mode).
+pub fn newc_archive(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    fn pad(v: &mut Vec<u8>) {
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    let mut entry = |ino: u32, name: &str, data: &[u8], mode: u32| {
+        let namesize = name.len() + 1;
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            namesize as u32,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad(&mut out);
+        out.extend_from_slice(data);
+        pad(&mut out);
+    };
+    for (i, (name, data, mode)) in files.iter().enumerate() {
+        entry(i as u32 + 1, name, data, 0o100000 | mode);
+    }
+    entry(0, "TRAILER!!!", &[], 0);
+    out
+}
+
+/// A Linux guest under QEMU (TCG), its serial console read line by line.
+pub struct Guest {
+    pub proc_: Proc,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    pub name: String,
+}
+
+impl Guest {
+    /// Boot the guest with `-netdev NETDEV` (id `n0`) on a virtio-net NIC with `mac`,
+    /// running `script` as /test.sh.
+    pub fn boot(name: &str, scratch: &Path, netdev: &str, mac: &str, script: &str) -> Guest {
+        let g = guest_dir();
+        let mut initrd = std::fs::read(g.join("initramfs.cpio.gz")).unwrap();
+        initrd.extend(newc_archive(&[("test.sh", script.as_bytes(), 0o755)]));
+        let initrd_path = scratch.join(format!("{name}.initrd"));
+        std::fs::write(&initrd_path, initrd).unwrap();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(g.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(&initrd_path)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-netdev", netdev])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 runs");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Guest {
+            proc_: Proc { child },
+            lines: rx,
+            seen: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Wait for a console line starting with `prefix`; returns it.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    println!("[{}] {l}", self.name);
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no '{prefix}' within {timeout:?}; console:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}

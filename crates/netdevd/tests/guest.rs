@@ -1,0 +1,116 @@
+//! Real Linux guests (Debian's kernel, busybox; built by scripts/build-guest) under QEMU
+//! 7.2, attached to netdevd through QEMU's own socket and stream netdevs, on one netdevd hub.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start_netdevd, Guest, TempDir};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn uptime(line: &str) -> f64 {
+    line.split_whitespace()
+        .last()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn two_guests_ping_each_other_and_copy_a_file() {
+    let dir = TempDir::new("guests");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let vmb = dir.path("vmb.sock");
+    let _nd = start_netdevd(
+        &dir.path("n.sock"),
+        &[
+            "--netdev",
+            &format!("socket,id=vma,listen=127.0.0.1:{port}"),
+            "--netdev",
+            "hubport,id=pa,hubid=0,netdev=vma",
+            "--netdev",
+            &format!(
+                "stream,id=vmb,server=on,addr.type=unix,addr.path={}",
+                vmb.display()
+            ),
+            "--netdev",
+            "hubport,id=pb,hubid=0,netdev=vmb",
+        ],
+    );
+    let script_a = r#"#!/bin/sh
+ip addr add 10.0.0.1/24 dev eth0 && ip link set eth0 up || { echo "NETDEVD-TEST FAIL ifup"; exit 1; }
+dd if=/dev/urandom of=/www/file bs=1024 count=512 2>/dev/null
+echo "MD5 $(md5sum /www/file | cut -d' ' -f1)"
+httpd -p 80 -h /www
+i=0
+until ping -c 1 -W 1 10.0.0.2 >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -ge 90 ] && { echo "NETDEVD-TEST FAIL no ping reply"; exit 1; }
+done
+ping -c 3 -W 2 10.0.0.2 | grep -q " 0% packet loss" || { echo "NETDEVD-TEST FAIL ping loss"; exit 1; }
+echo "NETDEVD-TEST PING OK"
+# Stay up until the other guest says it has the file.
+nc -l -p 81 | grep -q done && echo "NETDEVD-TEST PASS"
+"#;
+    let script_b = r#"#!/bin/sh
+ip addr add 10.0.0.2/24 dev eth0 && ip link set eth0 up || { echo "NETDEVD-TEST FAIL ifup"; exit 1; }
+i=0
+until ping -c 1 -W 1 10.0.0.1 >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -ge 90 ] && { echo "NETDEVD-TEST FAIL no ping reply"; exit 1; }
+done
+echo "NETDEVD-TEST PING OK"
+i=0
+until wget -q -O /tmp/got http://10.0.0.1/file; do
+  i=$((i+1)); [ $i -ge 30 ] && { echo "NETDEVD-TEST FAIL wget"; exit 1; }; sleep 1
+done
+echo "MD5 $(md5sum /tmp/got | cut -d' ' -f1)"
+i=0
+until echo done | nc 10.0.0.1 81; do
+  i=$((i+1)); [ $i -ge 30 ] && { echo "NETDEVD-TEST FAIL signal"; exit 1; }; sleep 1
+done
+echo "NETDEVD-TEST PASS"
+"#;
+    let mut a = Guest::boot(
+        "a",
+        &dir.0,
+        &format!("socket,id=n0,connect=127.0.0.1:{port}"),
+        "52:54:00:12:34:0a",
+        script_a,
+    );
+    let mut b = Guest::boot(
+        "b",
+        &dir.0,
+        &format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            vmb.display()
+        ),
+        "52:54:00:12:34:0b",
+        script_b,
+    );
+    let boot_a = uptime(&a.wait_for("NETDEVD-GUEST BOOTED", BOOT));
+    let boot_b = uptime(&b.wait_for("NETDEVD-GUEST BOOTED", BOOT));
+    println!("guest boot time (kernel uptime at /init): a {boot_a:.2} s, b {boot_b:.2} s");
+    let md5_a = a.wait_for("MD5 ", BOOT);
+    b.wait_for("NETDEVD-TEST PING OK", BOOT);
+    a.wait_for("NETDEVD-TEST PING OK", BOOT);
+    let md5_b = b.wait_for("MD5 ", BOOT);
+    assert_eq!(md5_a, md5_b, "the copied file differs");
+    assert!(md5_a.len() > 20);
+    b.wait_for("NETDEVD-TEST PASS", BOOT);
+    a.wait_for("NETDEVD-TEST PASS", BOOT);
+    assert_eq!(
+        a.wait_for("NETDEVD-GUEST EXIT", BOOT),
+        "NETDEVD-GUEST EXIT 0"
+    );
+    assert_eq!(
+        b.wait_for("NETDEVD-GUEST EXIT", BOOT),
+        "NETDEVD-GUEST EXIT 0"
+    );
+    for g in [&mut a, &mut b] {
+        let st = g.proc_.child.wait().unwrap();
+        assert!(st.success(), "{}: qemu exited {st}", g.name);
+    }
+}
