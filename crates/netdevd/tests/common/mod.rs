@@ -206,7 +206,7 @@ pub fn guest_dir() -> PathBuf {
 /// A cpio archive (newc) of regular files: (path, contents, mode).
 pub fn newc_archive(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     fn pad(v: &mut Vec<u8>) {
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
     }
