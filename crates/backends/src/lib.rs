@@ -72,6 +72,10 @@ pub trait Backend: Endpoint {
     fn set_paused(&mut self, paused: bool);
     /// QEMU's `info network` string for this client.
     fn info(&self) -> String;
+    /// Where a listening backend can be reached (`tcp:HOST:PORT` or `unix:PATH`).
+    fn listen_addr(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A backend shared between the core (as its endpoint) and the loop (which polls it).

@@ -69,6 +69,8 @@ pub struct StreamBackend {
     listener: Option<OwnedFd>,
     /// Unix socket file this backend created (removed on close).
     owned_path: Option<PathBuf>,
+    /// Where the listener is reachable, for users.
+    listen_addr: Option<String>,
     conn: Option<OwnedFd>,
     connecting: bool,
     rx: FrameReader,
@@ -185,6 +187,7 @@ impl StreamBackend {
             reg,
             listener: None,
             owned_path: None,
+            listen_addr: None,
             conn: None,
             connecting: false,
             rx: FrameReader::new(),
@@ -198,13 +201,15 @@ impl StreamBackend {
         match config {
             StreamConfig::Listen(addr) => {
                 let (fd, path) = listen_on(&addr)?;
-                b.info = match rnet::getsockname(&fd)
+                let reach = match rnet::getsockname(&fd)
                     .ok()
                     .and_then(|a| SocketAddr::try_from(a).ok())
                 {
-                    Some(local) => format!("listening on tcp:{local}"),
-                    None => format!("listening on {addr}"),
+                    Some(local) => format!("tcp:{local}"),
+                    None => addr.to_string(),
                 };
+                b.info = format!("listening on {reach}");
+                b.listen_addr = Some(reach);
                 b.set_listener(fd, path)?;
             }
             StreamConfig::Listening(fd) => {
@@ -486,6 +491,10 @@ impl Backend for StreamBackend {
 
     fn info(&self) -> String {
         self.info.clone()
+    }
+
+    fn listen_addr(&self) -> Option<String> {
+        self.listen_addr.clone()
     }
 }
 

@@ -72,15 +72,40 @@ fn main() -> ExitCode {
     }
 }
 
-/// The built-in default: a QMP socket and hub 0.
-fn apply_defaults(opts: &mut Options) {
-    opts.qmp.push(QmpAddr::Unix(cli::default_qmp_path()));
-    opts.netdevs.push("hubport,id=hub0port0,hubid=0".into());
+/// The TCP port the default socket listener tries first.
+const DEFAULT_SOCKET_PORT: u16 = 5540;
+
+/// The built-in default: a QMP socket and a virtual switch (hub 0) with a socket listener
+/// and a stream listener for VMs.
+fn apply_defaults(opts: &mut Options) -> anyhow::Result<()> {
+    let qmp = cli::default_qmp_path();
+    let dir = qmp
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    opts.qmp.push(QmpAddr::Unix(qmp));
+    // A fixed port is easier to remember; when it is taken, any free one will do.
+    let port = match std::net::TcpListener::bind(("127.0.0.1", DEFAULT_SOCKET_PORT)) {
+        Ok(_) => DEFAULT_SOCKET_PORT,
+        Err(_) => 0,
+    };
+    opts.netdevs.extend([
+        format!("socket,id=vm0,listen=127.0.0.1:{port}"),
+        "hubport,id=hub0-vm0,hubid=0,netdev=vm0".into(),
+        format!(
+            "stream,id=vm1,server=on,addr.type=unix,addr.path={}",
+            dir.join("vm1.sock").display()
+        ),
+        "hubport,id=hub0-vm1,hubid=0,netdev=vm1".into(),
+    ]);
+    Ok(())
 }
 
 fn run(mut opts: Options) -> anyhow::Result<()> {
     if opts.defaults {
-        apply_defaults(&mut opts);
+        apply_defaults(&mut opts)?;
     }
     // Everything is checked before anything is started.
     let mut netdevs = Vec::new();
@@ -138,15 +163,20 @@ fn announce_startup(opts: &Options, bound: &[QmpAddr], daemon: &Daemon) {
         );
     }
     if opts.defaults {
-        if let Some(QmpAddr::Unix(p)) = bound.first() {
-            println!(
-                "netdevd: default configuration: hub 0 is ready.\n\
-                 \x20 talk to it:  qmp-shell {p}   (or: socat - UNIX-CONNECT:{p})\n\
-                 \x20 then:        {{\"execute\":\"qmp_capabilities\"}}\n\
-                 \x20              {{\"execute\":\"netdev_add\",\"arguments\":{{\"type\":\"hubport\",\"id\":\"vm1\",\"hubid\":0}}}}\n\
-                 \x20 QEMU VMs attach through socket/stream netdevs once those drivers land (see README).",
-                p = p.display()
-            );
-        }
+        let qmp = bound.first().map(ToString::to_string).unwrap_or_default();
+        let sock = daemon.state.listen_addr("vm0").unwrap_or_default();
+        let stream = daemon.state.listen_addr("vm1").unwrap_or_default();
+        let sock_hostport = sock.trim_start_matches("tcp:");
+        let stream_path = stream.trim_start_matches("unix:");
+        println!(
+            "netdevd: default configuration: a virtual switch (hub 0) with two VM ports.\n\
+             Attach a VM to each port with QEMU's own netdevs (one VM per port at a time):\n\
+             \x20 qemu-system-x86_64 ... -netdev socket,id=net0,connect={sock_hostport} -device virtio-net-pci,netdev=net0\n\
+             \x20 qemu-system-x86_64 ... -netdev stream,id=net0,server=off,addr.type=unix,addr.path={stream_path} -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:57\n\
+             Manage it over QMP ({qmp}): qmp-shell, or socat - UNIX-CONNECT:<path>, then\n\
+             \x20 {{\"execute\":\"qmp_capabilities\"}}\n\
+             \x20 {{\"execute\":\"netdev_add\",\"arguments\":{{\"type\":\"stream\",\"id\":\"vm2\",\"server\":true,\"addr\":{{\"type\":\"unix\",\"path\":\"/tmp/vm2.sock\"}}}}}}\n\
+             \x20 {{\"execute\":\"netdev_add\",\"arguments\":{{\"type\":\"hubport\",\"id\":\"hub0-vm2\",\"hubid\":0,\"netdev\":\"vm2\"}}}}"
+        );
     }
 }

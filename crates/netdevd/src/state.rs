@@ -291,6 +291,15 @@ impl State {
         Ok(())
     }
 
+    /// Where the listening backend `name` can be reached.
+    pub fn listen_addr(&self, name: &str) -> Option<String> {
+        self.backends
+            .iter()
+            .flatten()
+            .find(|b| b.name == name)
+            .and_then(|b| b.backend.borrow().listen_addr())
+    }
+
     /// Readiness for a backend token.
     pub fn backend_ready(&mut self, token: u64, r: Ready) {
         let idx = ((token >> 24) & 0xffff_ffff) as usize;

@@ -114,3 +114,75 @@ echo "NETDEVD-TEST PASS"
         assert!(st.success(), "{}: qemu exited {st}", g.name);
     }
 }
+
+/// `netdevd` with no flags prints QEMU options; two guests started with exactly those
+/// options reach each other.
+#[test]
+fn default_configuration_attaches_guests_with_the_printed_options() {
+    let dir = TempDir::new("default");
+    let mut nd = std::process::Command::new(common::netdevd_bin())
+        .env("XDG_RUNTIME_DIR", &dir.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = nd.child_stdout();
+    let attach: Vec<Vec<String>> = out
+        .iter()
+        .filter(|l| l.trim_start().starts_with("qemu-system-x86_64 ... "))
+        .map(|l| {
+            l.trim_start()
+                .trim_start_matches("qemu-system-x86_64 ... ")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    assert_eq!(attach.len(), 2, "two attach lines in:\n{}", out.join("\n"));
+    let script = |me: &str, other: &str| {
+        format!(
+            "#!/bin/sh\nip addr add 10.0.0.{me}/24 dev eth0 && ip link set eth0 up\ni=0\nuntil ping -c 1 -W 1 10.0.0.{other} >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 90 ] && {{ echo 'NETDEVD-TEST FAIL'; exit 1; }}; done\necho 'NETDEVD-TEST PASS'\nsleep 3\n"
+        )
+    };
+    // The stream line names its own MAC; give the socket one a different one.
+    let mut a_args = attach[0].clone();
+    if let Some(d) = a_args.iter_mut().find(|a| a.starts_with("virtio-net-pci")) {
+        d.push_str(",mac=52:54:00:12:34:61");
+    }
+    let mut a = Guest::boot_with("a", &dir.0, &a_args, &script("1", "2"));
+    let mut b = Guest::boot_with("b", &dir.0, &attach[1], &script("2", "1"));
+    a.wait_for("NETDEVD-TEST PASS", BOOT);
+    b.wait_for("NETDEVD-TEST PASS", BOOT);
+    assert_eq!(
+        a.wait_for("NETDEVD-GUEST EXIT", BOOT),
+        "NETDEVD-GUEST EXIT 0"
+    );
+    assert_eq!(
+        b.wait_for("NETDEVD-GUEST EXIT", BOOT),
+        "NETDEVD-GUEST EXIT 0"
+    );
+    let _ = nd.kill();
+    let _ = nd.wait();
+}
+
+trait StdoutLines {
+    fn child_stdout(&mut self) -> Vec<String>;
+}
+
+impl StdoutLines for std::process::Child {
+    /// Lines the daemon prints at start-up (it prints them all before serving).
+    fn child_stdout(&mut self) -> Vec<String> {
+        use std::io::BufRead;
+        let out = self.stdout.take().unwrap();
+        let mut lines = Vec::new();
+        for l in std::io::BufReader::new(out).lines() {
+            let l = l.unwrap();
+            let done = l.contains("netdev_add") && l.contains("hubport");
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        lines
+    }
+}

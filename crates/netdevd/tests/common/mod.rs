@@ -257,6 +257,17 @@ impl Guest {
     /// Boot the guest with `-netdev NETDEV` (id `n0`) on a virtio-net NIC with `mac`,
     /// running `script` as /test.sh.
     pub fn boot(name: &str, scratch: &Path, netdev: &str, mac: &str, script: &str) -> Guest {
+        let net = [
+            "-netdev".to_string(),
+            netdev.to_string(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+        ];
+        Self::boot_with(name, scratch, &net, script)
+    }
+
+    /// Boot the guest with `net_args` (its -netdev/-device options) running `script`.
+    pub fn boot_with(name: &str, scratch: &Path, net_args: &[String], script: &str) -> Guest {
         let g = guest_dir();
         let mut initrd = std::fs::read(g.join("initramfs.cpio.gz")).unwrap();
         initrd.extend(newc_archive(&[("test.sh", script.as_bytes(), 0o755)]));
@@ -280,8 +291,7 @@ impl Guest {
             .arg("-initrd")
             .arg(&initrd_path)
             .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .args(["-netdev", netdev])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .args(net_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
