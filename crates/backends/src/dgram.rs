@@ -66,7 +66,6 @@ pub struct DgramBackend {
     dest: Dest,
     /// Unix socket file this backend bound (removed on close).
     owned_path: Option<PathBuf>,
-    buf: Vec<u8>,
     paused: bool,
     blocked: bool,
     interest: Interest,
@@ -186,7 +185,6 @@ impl DgramBackend {
             sock: Some(sock),
             dest,
             owned_path,
-            buf: vec![0u8; MAX_FRAME],
             paused: false,
             blocked: false,
             interest: Interest::READ,
@@ -273,22 +271,30 @@ impl Backend for DgramBackend {
         }
     }
 
-    fn poll_frame(&mut self) -> Option<Frame> {
+    fn poll_frame(&mut self, out: &mut Frame) -> bool {
         if self.paused {
-            return None;
+            return false;
         }
+        let Some(s) = self.sock.as_ref() else {
+            return false;
+        };
+        // Received straight into the frame's buffer: no copy in between.
+        out.data.resize(MAX_FRAME, 0);
+        out.offload = None;
         loop {
-            let s = self.sock.as_ref()?;
-            match rnet::recv(s, &mut self.buf[..], RecvFlags::DONTWAIT) {
+            match rnet::recv(s, &mut out.data[..], RecvFlags::DONTWAIT) {
                 Ok((0, _)) => continue,
-                Ok((n, _)) => return Some(Frame::new(self.buf[..n.min(MAX_FRAME)].to_vec())),
-                Err(Errno::AGAIN) => return None,
+                Ok((n, _)) => {
+                    out.data.truncate(n.min(MAX_FRAME));
+                    return true;
+                }
+                Err(Errno::AGAIN) => return false,
                 Err(Errno::INTR) => continue,
                 Err(e) => {
                     // ICMP errors from a previous send surface here on connected sockets;
                     // they say nothing about the next datagram.
                     tracing::debug!(backend = %self.info, "recv: {e}");
-                    return None;
+                    return false;
                 }
             }
         }
@@ -327,8 +333,9 @@ mod tests {
     }
 
     fn pull(b: &mut DgramBackend) -> Option<Vec<u8>> {
+        let mut f = Frame::new(Vec::new());
         for _ in 0..200 {
-            if let Some(f) = b.poll_frame() {
+            if b.poll_frame(&mut f) {
                 return Some(f.data);
             }
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -63,6 +63,26 @@ impl FrameReader {
         self.buf.extend_from_slice(data);
     }
 
+    /// The next whole frame, copied into `out` (reusing its allocation); false if the
+    /// buffer holds no whole frame.
+    pub fn next_frame_into(&mut self, out: &mut Vec<u8>) -> Result<bool, BadLength> {
+        let avail = &self.buf[self.start..];
+        let Some(hdr) = avail.get(..4) else {
+            return Ok(false);
+        };
+        let len = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        if len == 0 || len as usize > MAX_FRAME {
+            return Err(BadLength(len));
+        }
+        let Some(frame) = avail.get(4..4 + len as usize) else {
+            return Ok(false);
+        };
+        out.clear();
+        out.extend_from_slice(frame);
+        self.start += 4 + len as usize;
+        Ok(true)
+    }
+
     /// The next whole frame, if the buffer holds one.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, BadLength> {
         let avail = &self.buf[self.start..];

@@ -5,8 +5,9 @@
 //! The loop drives a backend through [`Backend`]: readiness goes to [`Backend::ready`];
 //! frames from the host side are pulled one at a time with [`Backend::poll_frame`] only while
 //! the core can take them (that is the backpressure: an unread socket is the only queue);
-//! link changes and "my transmit buffer drained" come back through
-//! [`Backend::take_events`].
+//! frames the core delivers may be buffered by `receive` and written by [`Backend::flush`]
+//! once per loop turn (one syscall for many frames); link changes and "my transmit buffer
+//! drained" come back through [`Backend::take_events`].
 //!
 //! Backends know nothing of QMP or QAPI: the daemon maps options onto the plain configs here.
 #![forbid(unsafe_code)]
@@ -64,8 +65,12 @@ pub struct Events {
 pub trait Backend: Endpoint {
     /// One of the backend's fds is ready.
     fn ready(&mut self, sub: u8, r: Ready);
-    /// The next frame from the host side, reading as needed; `None` when nothing is ready.
-    fn poll_frame(&mut self) -> Option<Frame>;
+    /// The next frame from the host side, reading as needed, written into `out` (whose
+    /// buffer is reused from call to call); false when nothing is ready.
+    fn poll_frame(&mut self, out: &mut Frame) -> bool;
+    /// Write out what `receive` buffered. Called once per loop turn after frames moved;
+    /// a backend that writes at once has nothing to do.
+    fn flush(&mut self) {}
     /// Link changes and drained transmits since the last call.
     fn take_events(&mut self) -> Events;
     /// Stop (or resume) reading from the host side.

@@ -7,9 +7,12 @@
 //!   accepted. A peer that sends a bad length, or vanishes mid-frame, is dropped and logged.
 //! - Client: a non-blocking connect; the link is up once connected; on EOF the link goes
 //!   down and, as in QEMU 7.2, there is no reconnect.
-//! - Transmit: one `writev` per frame (header + frame); a short write keeps the rest and the
-//!   backend answers busy until the socket drains. Receive: 64 KiB reads, frames cut from
-//!   the buffer, pulled only while the core can take them.
+//! - Transmit: frames (header + frame) are appended to a buffer of at most [`TX_LIMIT`]
+//!   bytes and written once per loop turn ([`Backend::flush`]), so many small frames cost
+//!   one `write`; a full buffer (after trying to write) answers busy until the socket drains.
+//!   Receive: 64 KiB reads, frames cut from the buffer, pulled only while the core can take
+//!   them. Copies per frame: kernel to read buffer, read buffer to the frame handed to the
+//!   core, frame to the peer's transmit buffer, buffer to kernel.
 //! - TCP_NODELAY on TCP sockets, as QEMU sets it.
 
 use std::io;
@@ -19,11 +22,14 @@ use std::path::PathBuf;
 
 use netdevd_core::frame::{Frame, MAX_FRAME};
 use netdevd_core::net::{Endpoint, Rx};
-use rustix::io::{Errno, IoSlice};
+use rustix::io::Errno;
 use rustix::net::{self as rnet, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::framing::{header, FrameReader};
 use crate::{Backend, BackendError, Events, Interest, Ready, Registration};
+
+/// Bytes of frames a stream backend buffers for transmit before it answers busy.
+pub const TX_LIMIT: usize = 256 * 1024;
 
 const SUB_LISTENER: u8 = 0;
 const SUB_CONN: u8 = 1;
@@ -74,8 +80,11 @@ pub struct StreamBackend {
     conn: Option<OwnedFd>,
     connecting: bool,
     rx: FrameReader,
-    /// Unsent bytes of the frame that met a full socket.
+    /// Frames (with headers) not yet written; `tx[tx_pos..]` is what is left.
     tx: Vec<u8>,
+    tx_pos: usize,
+    /// Answered busy since the buffer last drained: say so when it does.
+    tx_busy: bool,
     paused: bool,
     interest: Interest,
     events: Events,
@@ -192,6 +201,8 @@ impl StreamBackend {
             connecting: false,
             rx: FrameReader::new(),
             tx: Vec::new(),
+            tx_pos: 0,
+            tx_busy: false,
             paused: false,
             interest: Interest::NONE,
             events: Events::default(),
@@ -308,6 +319,8 @@ impl StreamBackend {
         self.connecting = false;
         self.rx.reset();
         self.tx.clear();
+        self.tx_pos = 0;
+        self.tx_busy = false;
         self.interest = Interest::NONE;
         self.events.link = Some(false);
         // Frames the core queued for us can now be dropped by it (our link is down).
@@ -324,6 +337,7 @@ impl StreamBackend {
                 self.set_listening(false);
                 self.rx.reset();
                 self.tx.clear();
+                self.tx_pos = 0;
                 if let Err(e) = self.attach(fd, true) {
                     tracing::warn!(backend = %self.info, "cannot serve accepted peer: {e}");
                     self.set_listening(true);
@@ -336,13 +350,12 @@ impl StreamBackend {
         }
     }
 
-    fn flush_tx(&mut self) {
+    /// Write as much of the buffer as the socket takes.
+    fn write_tx(&mut self) {
         let Some(c) = &self.conn else { return };
-        while !self.tx.is_empty() {
-            match rustix::io::write(c, &self.tx) {
-                Ok(n) => {
-                    self.tx.drain(..n);
-                }
+        while self.tx_pos < self.tx.len() {
+            match rustix::io::write(c, &self.tx[self.tx_pos..]) {
+                Ok(n) => self.tx_pos += n,
                 Err(Errno::AGAIN) | Err(Errno::INTR) => break,
                 Err(e) => {
                     self.disconnect(&format!("write failed: {e}"));
@@ -350,8 +363,12 @@ impl StreamBackend {
                 }
             }
         }
-        if self.tx.is_empty() {
-            self.events.drained = true;
+        if self.tx_pos == self.tx.len() {
+            self.tx.clear();
+            self.tx_pos = 0;
+            if std::mem::take(&mut self.tx_busy) {
+                self.events.drained = true;
+            }
         }
         self.update_interest();
     }
@@ -373,41 +390,22 @@ impl StreamBackend {
 
 impl Endpoint for StreamBackend {
     fn receive(&mut self, frame: &Frame) -> Rx {
-        let Some(c) = &self.conn else {
+        if self.conn.is_none() || self.connecting {
             return Rx::Dropped;
-        };
-        if self.connecting {
-            return Rx::Dropped;
-        }
-        if !self.tx.is_empty() {
-            return Rx::Busy;
         }
         if frame.data.is_empty() || frame.data.len() > MAX_FRAME {
             return Rx::Dropped;
         }
-        let hdr = header(frame.data.len());
-        let total = 4 + frame.data.len();
-        match rustix::io::writev(c, &[IoSlice::new(&hdr), IoSlice::new(&frame.data)]) {
-            Ok(n) if n == total => Rx::Taken,
-            Ok(n) => {
-                // Keep the rest of this frame; more frames wait until it is out.
-                let mut rest = Vec::with_capacity(total - n);
-                if n < 4 {
-                    rest.extend_from_slice(&hdr[n..]);
-                    rest.extend_from_slice(&frame.data);
-                } else {
-                    rest.extend_from_slice(&frame.data[n - 4..]);
-                }
-                self.tx = rest;
-                self.update_interest();
-                Rx::Taken
-            }
-            Err(Errno::AGAIN) | Err(Errno::INTR) => Rx::Busy,
-            Err(e) => {
-                self.disconnect(&format!("write failed: {e}"));
-                Rx::Dropped
+        if self.tx.len() - self.tx_pos >= TX_LIMIT {
+            self.write_tx();
+            if self.tx.len() - self.tx_pos >= TX_LIMIT {
+                self.tx_busy = true;
+                return Rx::Busy;
             }
         }
+        self.tx.extend_from_slice(&header(frame.data.len()));
+        self.tx.extend_from_slice(&frame.data);
+        Rx::Taken
     }
 
     fn close(&mut self) {
@@ -435,7 +433,7 @@ impl Backend for StreamBackend {
                     return;
                 }
                 if r.writable {
-                    self.flush_tx();
+                    self.write_tx();
                 }
                 // Reading (and seeing EOF) happens in poll_frame.
             }
@@ -443,21 +441,26 @@ impl Backend for StreamBackend {
         }
     }
 
-    fn poll_frame(&mut self) -> Option<Frame> {
+    fn poll_frame(&mut self, out: &mut Frame) -> bool {
         loop {
-            match self.rx.next_frame() {
-                Ok(Some(f)) => return Some(Frame::new(f)),
-                Ok(None) => {}
+            match self.rx.next_frame_into(&mut out.data) {
+                Ok(true) => {
+                    out.offload = None;
+                    return true;
+                }
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(backend = %self.info, "dropping stream: {e}");
                     self.disconnect("bad frame length");
-                    return None;
+                    return false;
                 }
             }
             if self.paused || self.connecting {
-                return None;
+                return false;
             }
-            let c = self.conn.as_ref()?;
+            let Some(c) = self.conn.as_ref() else {
+                return false;
+            };
             match self.rx.fill(|buf| rustix::io::read(c, buf)) {
                 Ok(0) => {
                     let partial = self.rx.buffered() > 0;
@@ -466,15 +469,21 @@ impl Backend for StreamBackend {
                     } else {
                         "closed"
                     });
-                    return None;
+                    return false;
                 }
                 Ok(_) => {}
-                Err(Errno::AGAIN) | Err(Errno::INTR) => return None,
+                Err(Errno::AGAIN) | Err(Errno::INTR) => return false,
                 Err(e) => {
                     self.disconnect(&format!("read failed: {e}"));
-                    return None;
+                    return false;
                 }
             }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.tx_pos < self.tx.len() && !self.interest.write {
+            self.write_tx();
         }
     }
 
@@ -516,9 +525,10 @@ mod tests {
 
     fn pull(b: &mut StreamBackend, want: usize) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
+        let mut f = Frame::new(Vec::new());
         for _ in 0..200 {
-            while let Some(f) = b.poll_frame() {
-                got.push(f.data);
+            while b.poll_frame(&mut f) {
+                got.push(f.data.clone());
             }
             if got.len() >= want {
                 break;
@@ -555,6 +565,7 @@ mod tests {
             peer.write_all(&[7, 8, 9]).unwrap();
             assert_eq!(pull(&mut b, 2), vec![vec![round; 60], vec![7, 8, 9]]);
             assert_eq!(b.receive(&Frame::new(vec![5; 70])), Rx::Taken);
+            b.flush();
             let mut got = [0u8; 74];
             peer.read_exact(&mut got).unwrap();
             assert_eq!(&got[..4], &[0, 0, 0, 70]);
@@ -668,6 +679,7 @@ mod tests {
         );
         assert!(server.is_connected() && client.is_connected());
         assert_eq!(client.receive(&Frame::new(vec![4; 100])), Rx::Taken);
+        client.flush();
         assert_eq!(pull(&mut server, 1), vec![vec![4; 100]]);
         server.close();
         assert!(!path.exists(), "the socket file is removed");

@@ -447,7 +447,7 @@ impl Net {
     }
 
     /// Send a frame from client `from` to its peer.
-    pub fn send(&mut self, from: ClientId, frame: Frame) -> Sent {
+    pub fn send(&mut self, from: ClientId, frame: &Frame) -> Sent {
         let Some(c) = self.get_mut(from) else {
             return Sent::Dropped;
         };
@@ -489,11 +489,12 @@ impl Net {
         }
     }
 
+    /// Frames go by reference; only a frame that must wait in a queue is copied.
     fn deliver(
         &mut self,
         sender: ClientId,
         to: ClientId,
-        frame: Frame,
+        frame: &Frame,
         flow: bool,
         hops: u32,
     ) -> Sent {
@@ -507,7 +508,7 @@ impl Net {
         if r.receive_disabled || !r.queue.is_empty() {
             return self.enqueue(to, sender, frame, flow);
         }
-        match self.offer(to, &frame, hops) {
+        match self.offer(to, frame, hops) {
             Rx::Taken => Sent::Delivered,
             Rx::Dropped => Sent::Dropped,
             Rx::Busy => {
@@ -567,12 +568,12 @@ impl Net {
             }
             pc.counters.tx_frames += 1;
             if let Some(peer) = pc.peer {
-                self.deliver(port, peer, frame.clone(), false, hops + 1);
+                self.deliver(port, peer, frame, false, hops + 1);
             }
         }
     }
 
-    fn enqueue(&mut self, to: ClientId, sender: ClientId, frame: Frame, flow: bool) -> Sent {
+    fn enqueue(&mut self, to: ClientId, sender: ClientId, frame: &Frame, flow: bool) -> Sent {
         let Some(r) = self.get_mut(to) else {
             return Sent::Dropped;
         };
@@ -580,7 +581,7 @@ impl Net {
             r.counters.dropped += 1;
             return Sent::Dropped;
         }
-        r.queue.push_back((sender, frame));
+        r.queue.push_back((sender, frame.clone()));
         if flow {
             if !r.blocked.contains(&sender) {
                 r.blocked.push(sender);
@@ -686,7 +687,7 @@ impl Net {
             .collect();
         let mut n = 0;
         for (id, mac) in nics {
-            if self.send(id, Frame::new(rarp_frame(mac).to_vec())) != Sent::Dropped {
+            if self.send(id, &Frame::new(rarp_frame(mac).to_vec())) != Sent::Dropped {
                 n += 1;
             }
         }
@@ -761,14 +762,14 @@ mod tests {
         for (p, n) in [("pa", "a"), ("pb", "b"), ("pc", "c")] {
             net.add_hubport(p, 0, Some(n)).unwrap();
         }
-        assert_eq!(net.send(a, frame(1)), Sent::Delivered);
+        assert_eq!(net.send(a, &frame(1)), Sent::Delivered);
         assert!(sa.0.borrow().got.is_empty());
         assert_eq!(sb.0.borrow().got.len(), 1);
         assert_eq!(sc.0.borrow().got.len(), 1);
         // A port on another hub hears nothing.
         let (_d, sd) = backend(&mut net, "d");
         net.add_hubport("pd", 1, Some("d")).unwrap();
-        net.send(a, frame(2));
+        net.send(a, &frame(2));
         assert!(sd.0.borrow().got.is_empty());
         assert_eq!(net.hubs(), [0, 1]);
     }
@@ -814,7 +815,7 @@ mod tests {
         net.add_hubport("pc", 1, Some("c")).unwrap();
         sc.0.borrow_mut().busy = true;
         // Hubs flood without flow control: the frame waits at c, the hub took it.
-        assert_eq!(net.send(b, frame(1)), Sent::Delivered);
+        assert_eq!(net.send(b, &frame(1)), Sent::Delivered);
         assert!(!net.can_send(b), "no port of the hub can take more");
         sc.0.borrow_mut().busy = false;
         net.flush(c);
@@ -837,13 +838,13 @@ mod tests {
             })
             .unwrap();
         sb.0.borrow_mut().busy = true;
-        assert_eq!(net.send(a, frame(1)), Sent::Queued);
-        assert_eq!(net.send(a, frame(2)), Sent::Queued);
+        assert_eq!(net.send(a, &frame(1)), Sent::Queued);
+        assert_eq!(net.send(a, &frame(2)), Sent::Queued);
         assert!(!net.can_send(a));
         for _ in 0..QUEUE_CAP {
-            net.send(a, frame(3));
+            net.send(a, &frame(3));
         }
-        assert_eq!(net.send(a, frame(4)), Sent::Dropped, "queues are bounded");
+        assert_eq!(net.send(a, &frame(4)), Sent::Dropped, "queues are bounded");
         sb.0.borrow_mut().busy = false;
         net.flush(b);
         let got = &sb.0.borrow().got;
@@ -862,15 +863,15 @@ mod tests {
         net.add_hubport("pb", 0, Some("b")).unwrap();
         net.set_link("a", false).unwrap();
         assert_eq!(sa.0.borrow().link, [false]);
-        assert_eq!(net.send(a, frame(1)), Sent::Dropped);
-        net.send(b, frame(2));
+        assert_eq!(net.send(a, &frame(1)), Sent::Dropped);
+        net.send(b, &frame(2));
         assert!(sa.0.borrow().got.is_empty());
         net.set_link("a", true).unwrap();
-        net.send(a, frame(3));
+        net.send(a, &frame(3));
         assert_eq!(sb.0.borrow().got.len(), 1);
         // Downing a hub port stops what leaves through it.
         net.set_link("pb", false).unwrap();
-        net.send(a, frame(4));
+        net.send(a, &frame(4));
         assert_eq!(sb.0.borrow().got.len(), 1);
         assert_eq!(
             net.set_link("zz", true).unwrap_err(),
@@ -892,7 +893,7 @@ mod tests {
         })
         .unwrap();
         sb.0.borrow_mut().busy = true;
-        assert_eq!(net.send(a, frame(1)), Sent::Queued);
+        assert_eq!(net.send(a, &frame(1)), Sent::Queued);
         net.remove_netdev("b").unwrap();
         assert!(sb.0.borrow().closed);
         assert_eq!(
@@ -968,7 +969,7 @@ mod tests {
         net.add_hubport("x1", 1, Some("x0")).unwrap();
         net.add_hubport("y1", 1, Some("y0")).unwrap();
         net.add_hubport("pb", 1, Some("b")).unwrap();
-        net.send(a, frame(1));
+        net.send(a, &frame(1));
         // Two paths between the hubs make a loop; the frame still arrives, finitely often.
         let n = sb.0.borrow().got.len();
         assert!((1..1000).contains(&n), "{n}");

@@ -115,6 +115,10 @@ pub struct State {
     pub reactor: Rc<Reactor>,
     backends: Vec<Option<BackendSlot>>,
     backend_gen: u16,
+    /// The frame buffer every backend reads into (reused: no allocation per frame).
+    scratch: netdevd_core::frame::Frame,
+    /// A transmit drained during the current pump pass.
+    drained: bool,
     pub announcer: Announcer,
     pub info: ServerInfo,
     /// Set by `quit`: the loop answers, flushes and exits.
@@ -130,6 +134,10 @@ impl State {
             reactor,
             backends: Vec::new(),
             backend_gen: 0,
+            scratch: netdevd_core::frame::Frame::new(Vec::with_capacity(
+                netdevd_core::frame::MAX_FRAME,
+            )),
+            drained: false,
             announcer: Announcer::default(),
             info: ServerInfo {
                 qemu: (7, 2, 0),
@@ -311,21 +319,43 @@ impl State {
         if slot.gen != gen {
             return;
         }
-        let b = slot.backend.clone();
-        b.borrow_mut().ready(sub, r);
-        self.pump(idx);
+        slot.backend.borrow_mut().ready(sub, r);
+        // Frames move in the loop's pump that follows every wait.
     }
 
-    /// Move frames from every backend into the core while the core can take them. Returns
-    /// true if some backend still has frames ready (the loop must not sleep).
+    /// Move frames from every backend into the core while the core can take them, then let
+    /// every backend write what it buffered. A transmit that drains can unblock a reader
+    /// that was paused earlier in the same pass, so passes repeat while anything drained.
+    /// Returns true if the loop must come back at once (a backend still has frames ready).
     pub fn pump_all(&mut self) -> bool {
-        let mut more = false;
-        for idx in 0..self.backends.len() {
-            more |= self.pump(idx);
+        for _ in 0..4 {
+            self.drained = false;
+            let mut more = false;
+            for idx in 0..self.backends.len() {
+                more |= self.pump(idx);
+            }
+            self.flush_all();
+            if !self.drained {
+                return more;
+            }
         }
-        more
+        true
     }
 
+    /// Each backend writes its buffered frames and reports what happened.
+    fn flush_all(&mut self) {
+        for idx in 0..self.backends.len() {
+            let Some(Some(slot)) = self.backends.get(idx) else {
+                continue;
+            };
+            let (id, b) = (slot.id, slot.backend.clone());
+            b.borrow_mut().flush();
+            self.apply_events(id, &b);
+        }
+    }
+
+    /// Apply a backend's link change; a drained transmit offers its queued frames again
+    /// (and marks the pass, since a paused reader may now go on).
     fn apply_events(&mut self, id: ClientId, b: &SharedBackend) {
         let ev = b.borrow_mut().take_events();
         if let Some(up) = ev.link {
@@ -333,6 +363,7 @@ impl State {
         }
         if ev.drained {
             self.net.flush(id);
+            self.drained = true;
         }
     }
 
@@ -353,14 +384,12 @@ impl State {
                 break true;
             }
             // The borrow ends with this statement: the core may call back into `b`.
-            let frame = b.borrow_mut().poll_frame();
-            match frame {
-                Some(f) => {
-                    self.net.send(id, f);
-                    sent += 1;
-                }
-                None => break false,
+            let got = b.borrow_mut().poll_frame(&mut self.scratch);
+            if !got {
+                break false;
             }
+            self.net.send(id, &self.scratch);
+            sent += 1;
         };
         self.apply_events(id, &b);
         more
