@@ -303,3 +303,82 @@ fn listener_serves_one_peer_after_another() {
         q.child.wait().unwrap();
     }
 }
+
+/// `socket,mcast=` between QEMU and netdevd, inside a network namespace this test made
+/// (multicast stays on its loopback). The test's ends are unix datagram sockets, reachable
+/// from any namespace.
+#[test]
+fn multicast_between_qemu_and_netdevd_in_a_netns() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("qpeer-mcast");
+    let ns = common::Netns::new("mcast");
+    let group = format!(
+        "239.255.77.{}:{}",
+        1 + std::process::id() % 200,
+        20000 + std::process::id() % 20000
+    );
+    let end = |side: &str| {
+        let t = dir.path(&format!("{side}-t.sock"));
+        let sock = UnixDatagram::bind(&t).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let u = dir.path(&format!("{side}-u.sock"));
+        let opt = format!(
+            "dgram,id=u,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            u.display(),
+            t.display()
+        );
+        (sock, u, opt)
+    };
+    let (qend, qu, qopt) = end("q");
+    let (nend, nu, nopt) = end("n");
+    let link = format!("socket,id=l,mcast={group},localaddr=127.0.0.1");
+    let _nd = common::start_netdevd_in(
+        Some(&ns),
+        &dir.path("n.sock"),
+        &[
+            "--netdev",
+            &link,
+            "--netdev",
+            "hubport,id=nl,hubid=0,netdev=l",
+            "--netdev",
+            &nopt,
+            "--netdev",
+            "hubport,id=nu,hubid=0,netdev=u",
+        ],
+    );
+    let _q = common::start_qemu_in(
+        Some(&ns),
+        &dir.path("q.sock"),
+        &[
+            "-netdev",
+            &link,
+            "-netdev",
+            "hubport,id=ql,hubid=0,netdev=l",
+            "-netdev",
+            &qopt,
+            "-netdev",
+            "hubport,id=qu,hubid=0,netdev=u",
+        ],
+    );
+    let cross = |from: &UnixDatagram, to: &std::path::Path, at: &UnixDatagram, f: &[u8]| {
+        let mut buf = vec![0u8; 70000];
+        for _ in 0..50 {
+            // The peer's socket may not be bound yet while it starts.
+            if from.send_to(f, to).is_err() {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            while let Ok(n) = at.recv(&mut buf) {
+                if &buf[..n] == f {
+                    return;
+                }
+            }
+        }
+        panic!("a {}-byte frame did not cross the multicast group", f.len());
+    };
+    for (i, len) in [60usize, 1514, 9000].into_iter().enumerate() {
+        cross(&qend, &qu, &nend, &frame(i as u8, len));
+        cross(&nend, &nu, &qend, &frame(50 + i as u8, len));
+    }
+}

@@ -260,3 +260,69 @@ fn sustained_transfer_through_a_hub_is_lossless() {
     }
     drop(writer.join().unwrap());
 }
+
+/// Stream peers that send a zero length, a length above 64 KiB + header, or vanish
+/// mid-frame are dropped and logged; the listener goes on and serves the next peer.
+#[test]
+fn bad_stream_peers_are_dropped_and_the_next_is_served() {
+    use std::io::Read;
+    let dir = TempDir::new("badpeer");
+    let pa = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pb = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sock = dir.path("n.sock");
+    let _d = start_netdevd(
+        &sock,
+        &[
+            "--netdev",
+            &format!("socket,id=a,listen=127.0.0.1:{pa}"),
+            "--netdev",
+            "hubport,id=ha,hubid=0,netdev=a",
+            "--netdev",
+            &format!("socket,id=b,listen=127.0.0.1:{pb}"),
+            "--netdev",
+            "hubport,id=hb,hubid=0,netdev=b",
+        ],
+    );
+    let mut b = std::net::TcpStream::connect(("127.0.0.1", pb)).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let bad: [&[u8]; 3] = [
+        &[0, 0, 0, 0, 1, 2],
+        &[0, 1, 0x10, 1, 9, 9, 9],
+        &[0, 0, 5, 0xdc, 1, 2, 3],
+    ];
+    for junk in bad {
+        let mut a = std::net::TcpStream::connect(("127.0.0.1", pa)).unwrap();
+        a.write_all(junk).unwrap();
+        drop(a);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing of the junk reached the other side.
+    let mut buf = [0u8; 16];
+    assert!(b.read(&mut buf).is_err(), "junk crossed the hub");
+    // The next peer is served.
+    let mut a = std::net::TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut f = 60u32.to_be_bytes().to_vec();
+    f.extend_from_slice(&[0x42; 60]);
+    let mut got = [0u8; 64];
+    let mut ok = false;
+    for _ in 0..50 {
+        a.write_all(&f).unwrap();
+        if b.read_exact(&mut got).is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok && got[..] == f[..]);
+    still_serves(&sock);
+}

@@ -177,6 +177,32 @@ pub fn daemonize() -> io::Result<()> {
     Ok(())
 }
 
+/// Make `cmd` start with `fd` open as fd number `target` (not close-on-exec), the way
+/// libvirt hands QEMU its tap and socket fds. `fd` is closed in this process once the child
+/// is spawned (when `cmd` is dropped).
+pub fn pass_fd(cmd: &mut std::process::Command, fd: OwnedFd, target: RawFd) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let src = fd.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // async-signal-safe functions (dup2, fcntl). `fd` is moved into the closure, so `src`
+    // stays open in the parent until the command (and the closure) is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &fd;
+            if src == target {
+                let flags = libc::fcntl(target, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(src, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,53 @@ impl Drop for TempDir {
     }
 }
 
+/// A network namespace this test made (unique name), with `lo` up and multicast on;
+/// deleted on drop, also when the test fails. Needs root, which CI has.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("ndt-{tag}-{}-{n}", std::process::id());
+        let ok = |args: &[&str]| {
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2) runs");
+            assert!(
+                st.success(),
+                "ip {args:?} failed: network namespace tests need root"
+            );
+        };
+        ok(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ok(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]);
+        ok(&[
+            "netns",
+            "exec",
+            &ns.name,
+            "ip",
+            "link",
+            "set",
+            "lo",
+            "multicast",
+            "on",
+        ]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 /// A process we started; killed (by its own pid) on drop if still running.
 pub struct Proc {
     pub child: Child,
@@ -68,7 +115,24 @@ fn wait_for_socket(path: &Path, proc_: &mut Proc) {
 
 /// Start netdevd with `args`, serving QMP on `sock`.
 pub fn start_netdevd(sock: &Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(netdevd_bin());
+    start_netdevd_in(None, sock, args)
+}
+
+/// A command, run inside network namespace `ns` when one is given.
+fn command_in(ns: Option<&Netns>, program: &str) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Start netdevd inside `ns` (or here).
+pub fn start_netdevd_in(ns: Option<&Netns>, sock: &Path, args: &[&str]) -> Proc {
+    let mut cmd = command_in(ns, netdevd_bin());
     cmd.arg("--qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()));
     cmd.args(args)
@@ -84,7 +148,12 @@ pub fn start_netdevd(sock: &Path, args: &[&str]) -> Proc {
 
 /// Start QEMU 7.2 as a QMP peer with no guest.
 pub fn start_qemu(sock: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    start_qemu_in(None, sock, extra)
+}
+
+/// Start QEMU inside `ns` (or here).
+pub fn start_qemu_in(ns: Option<&Netns>, sock: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = command_in(ns, "qemu-system-x86_64");
     cmd.args([
         "-machine",
         "none",
