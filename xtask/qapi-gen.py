@@ -21,7 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_DIR = os.path.join(ROOT, "crates", "qapi", "schema")
 OUT = os.path.join(ROOT, "crates", "qapi", "src", "generated.rs")
-FILES = ["sockets.json", "net.json", "control.json"]
+FILES = ["sockets.json", "net.json", "control.json", "netdevd.json"]
 # Conditions true on the platform we build for.
 ENABLED_CONDITIONS = set()
 

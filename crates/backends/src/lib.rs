@@ -16,6 +16,7 @@ pub mod addr;
 pub mod dgram;
 pub mod framing;
 pub mod stream;
+pub mod tap;
 
 use std::cell::RefCell;
 use std::io;
@@ -115,6 +116,9 @@ impl Endpoint for BackendEndpoint {
             b.close();
         }
     }
+    fn accepts_offloads(&self) -> bool {
+        self.0.try_borrow().is_ok_and(|b| b.accepts_offloads())
+    }
 }
 
 /// Errors creating a backend; `Display` is QEMU's text where QEMU has one.
@@ -147,4 +151,24 @@ impl BackendError {
             source: source.into(),
         }
     }
+}
+
+/// Run a network script (`script IFNAME`) and wait for it, as QEMU's `launch_script`:
+/// executed directly (no shell), non-zero ends with QEMU's text, which quotes the raw wait
+/// status (exit code 1 shows as 256); a script that cannot be started counts as exit 1.
+pub fn run_script(script: &std::path::Path, ifname: &str) -> Result<(), BackendError> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::Command::new(script)
+        .arg(ifname)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map(|s| s.into_raw())
+        .unwrap_or(256);
+    if status != 0 {
+        return Err(BackendError::Msg(format!(
+            "network script {} failed with status {status}",
+            script.display()
+        )));
+    }
+    Ok(())
 }

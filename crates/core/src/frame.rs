@@ -1,31 +1,9 @@
 //! Frames and the offload metadata that travels with them.
 
-/// The virtio-net header (`struct virtio_net_hdr_v1`): checksum and segmentation offload
-/// metadata. A frame carries one when its sender had it (a tap with `vnet_hdr`, a
-/// virtio-net NIC); receivers that cannot take offloaded frames get them finished in
-/// software by the core (segmentation lands with the tap issue).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VirtioNetHdr {
-    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (1), `DATA_VALID` (2).
-    pub flags: u8,
-    /// `VIRTIO_NET_HDR_GSO_NONE` (0), `TCPV4` (1), `UDP` (3), `TCPV6` (4), `ECN` bit 0x80.
-    pub gso_type: u8,
-    pub hdr_len: u16,
-    pub gso_size: u16,
-    pub csum_start: u16,
-    pub csum_offset: u16,
-}
-
-impl VirtioNetHdr {
-    pub const NEEDS_CSUM: u8 = 1;
-    pub const GSO_NONE: u8 = 0;
-
-    /// True when the receiver must do work (checksum or segmentation) before the frame is
-    /// a plain Ethernet frame.
-    pub fn needs_work(&self) -> bool {
-        self.flags & Self::NEEDS_CSUM != 0 || self.gso_type != Self::GSO_NONE
-    }
-}
+/// The virtio-net header: checksum and segmentation offload metadata. A frame carries one
+/// when its sender had it (a tap with `vnet_hdr`, a virtio-net NIC); receivers that cannot
+/// take offloaded frames get them finished in software by the core.
+pub use netdevd_wire::VirtioNetHdr;
 
 /// The largest frame a client takes, as QEMU's NET_BUFSIZE (4096 + 65536).
 pub const MAX_FRAME: usize = 4096 + 65536;

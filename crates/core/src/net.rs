@@ -66,6 +66,11 @@ pub trait Endpoint {
     fn resume(&mut self) {}
     /// The client is being deleted: release what it holds (run down-scripts, close fds).
     fn close(&mut self) {}
+    /// Whether frames with offload work left (partial checksum, GSO) may be given as they
+    /// are; otherwise the core finishes them in software first.
+    fn accepts_offloads(&self) -> bool {
+        false
+    }
 }
 
 /// An endpoint that takes and discards every frame.
@@ -97,6 +102,12 @@ pub struct Counters {
     pub rx_frames: u64,
     pub tx_frames: u64,
     pub dropped: u64,
+    /// The largest frame sent.
+    pub tx_max_frame: usize,
+    /// The largest frame delivered to it.
+    pub rx_max_frame: usize,
+    /// Frames sent with offload work left (partial checksum, GSO).
+    pub tx_offloaded: u64,
 }
 
 struct Client {
@@ -114,6 +125,17 @@ struct Client {
     /// Senders told [`Sent::Queued`] for frames in `queue`.
     blocked: Vec<ClientId>,
     counters: Counters,
+}
+
+impl Client {
+    /// Hub ports pass frames on untouched (each destination decides); endpoints say.
+    fn accepts_offloads(&self) -> bool {
+        match &self.role {
+            Role::HubPort { .. } => true,
+            Role::Backend(e) => e.accepts_offloads(),
+            Role::Nic { guest, .. } => guest.accepts_offloads(),
+        }
+    }
 }
 
 struct Slot {
@@ -232,6 +254,13 @@ impl Net {
 
     pub fn counters(&self, id: ClientId) -> Option<Counters> {
         self.get(id).map(|c| c.counters)
+    }
+
+    /// Name, model, link and counters of every client.
+    pub fn stats(&self) -> Vec<(String, &'static str, bool, Counters)> {
+        self.ids()
+            .map(|(_, c)| (c.name.clone(), c.model, !c.link_down, c.counters))
+            .collect()
     }
 
     pub fn peer(&self, id: ClientId) -> Option<ClientId> {
@@ -456,6 +485,10 @@ impl Net {
             return Sent::Dropped;
         }
         c.counters.tx_frames += 1;
+        c.counters.tx_max_frame = c.counters.tx_max_frame.max(frame.data.len());
+        if frame.offload.is_some_and(|h| h.needs_work()) {
+            c.counters.tx_offloaded += 1;
+        }
         let Some(peer) = c.peer else {
             return Sent::Dropped;
         };
@@ -505,6 +538,9 @@ impl Net {
             r.counters.dropped += 1;
             return Sent::Dropped;
         }
+        if frame.offload.is_some_and(|h| h.needs_work()) && !r.accepts_offloads() {
+            return self.deliver_finished(sender, to, frame, flow, hops);
+        }
         if r.receive_disabled || !r.queue.is_empty() {
             return self.enqueue(to, sender, frame, flow);
         }
@@ -518,6 +554,41 @@ impl Net {
                 self.enqueue(to, sender, frame, flow)
             }
         }
+    }
+
+    /// Finish an offloaded frame in software (checksum, segmentation) for a receiver that
+    /// cannot take it, and deliver the plain frames one by one.
+    fn deliver_finished(
+        &mut self,
+        sender: ClientId,
+        to: ClientId,
+        frame: &Frame,
+        flow: bool,
+        hops: u32,
+    ) -> Sent {
+        let Some(hdr) = frame.offload else {
+            return Sent::Dropped;
+        };
+        let mut plain = Vec::new();
+        if netdevd_wire::gso::finish_frame(&frame.data, &hdr, &mut |f| {
+            plain.push(Frame::new(f.to_vec()))
+        })
+        .is_err()
+        {
+            if let Some(r) = self.get_mut(to) {
+                r.counters.dropped += 1;
+            }
+            return Sent::Dropped;
+        }
+        let mut result = Sent::Dropped;
+        for f in &plain {
+            match self.deliver(sender, to, f, flow, hops) {
+                Sent::Queued => result = Sent::Queued,
+                Sent::Delivered if result == Sent::Dropped => result = Sent::Delivered,
+                _ => {}
+            }
+        }
+        result
     }
 
     /// Hand a frame to a client's receive side.
@@ -542,7 +613,10 @@ impl Net {
             }
         };
         match rx {
-            Rx::Taken => r.counters.rx_frames += 1,
+            Rx::Taken => {
+                r.counters.rx_frames += 1;
+                r.counters.rx_max_frame = r.counters.rx_max_frame.max(frame.data.len());
+            }
             Rx::Dropped => r.counters.dropped += 1,
             Rx::Busy => {}
         }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use netdevd_backends::dgram::{DgramBackend, DgramConfig};
 use netdevd_backends::stream::{StreamBackend, StreamConfig};
+use netdevd_backends::tap::{TapBackend, TapConfig};
 use netdevd_backends::{BackendEndpoint, Reactor, Ready, Registration, SharedBackend};
 use netdevd_core::announce::{AnnounceParams, Announcer};
 use netdevd_core::net::{ClientId, Net, NewClient, Role};
@@ -100,6 +101,7 @@ pub const PUMP_BUDGET: usize = 64;
 pub enum BackendKind {
     Stream(StreamConfig),
     Dgram(DgramConfig),
+    Tap(TapConfig),
 }
 
 struct BackendSlot {
@@ -193,6 +195,18 @@ impl State {
                 Ok(json!({}))
             }
             "query-version" => Ok(self.info.version_value()),
+            "x-query-netdev-stats" => Ok(Value::Array(
+                self.net
+                    .stats()
+                    .into_iter()
+                    .map(|(name, model, up, c)| {
+                        json!({"name": name, "model": model, "link-up": up, "rx-frames": c.rx_frames,
+                               "tx-frames": c.tx_frames, "dropped": c.dropped,
+                               "tx-max-frame": c.tx_max_frame, "rx-max-frame": c.rx_max_frame,
+                               "tx-offloaded": c.tx_offloaded})
+                    })
+                    .collect(),
+            )),
             "quit" => {
                 self.quit = true;
                 Ok(json!({}))
@@ -269,6 +283,9 @@ impl State {
             )),
             BackendKind::Dgram(c) => Rc::new(RefCell::new(
                 DgramBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
+            )),
+            BackendKind::Tap(c) => Rc::new(RefCell::new(
+                TapBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
             )),
         };
         let id = self

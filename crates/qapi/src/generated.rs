@@ -937,6 +937,65 @@ pub static COMMAND_INFO: StructDef = StructDef {
         unstable: false,
     }],
 };
+pub static NETDEV_STATS: StructDef = StructDef {
+    name: "NetdevStats",
+    members: &[
+        Member {
+            name: "name",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "model",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "link-up",
+            ty: Ty::Bool,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "rx-frames",
+            ty: Ty::Int,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "tx-frames",
+            ty: Ty::Int,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "dropped",
+            ty: Ty::Int,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "tx-max-frame",
+            ty: Ty::Int,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "rx-max-frame",
+            ty: Ty::Int,
+            optional: false,
+            unstable: false,
+        },
+        Member {
+            name: "tx-offloaded",
+            ty: Ty::Int,
+            optional: false,
+            unstable: false,
+        },
+    ],
+};
 
 /// Every command of the schema, in schema order.
 pub static COMMANDS: &[CommandDef] = &[
@@ -1041,6 +1100,12 @@ pub static COMMANDS: &[CommandDef] = &[
             optional: false,
             unstable: false,
         }]),
+        allow_preconfig: false,
+        allow_oob: false,
+    },
+    CommandDef {
+        name: "x-query-netdev-stats",
+        args: Args::None,
         allow_preconfig: false,
         allow_oob: false,
     },
@@ -2100,6 +2165,52 @@ pub struct VersionInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandInfo {
     pub name: String,
+}
+
+/// ```text
+/// -*- Mode: Python -*-
+///
+/// netdevd's own QMP commands (the x- prefix marks them as not QEMU's).
+///
+/// @NetdevStats:
+///
+/// Counters of one net client.
+///
+/// @name: the client's name (netdev id)
+///
+/// @model: the driver ("tap", "socket", "hub", ...)
+///
+/// @link-up: whether its link is up
+///
+/// @rx-frames: frames delivered to it
+///
+/// @tx-frames: frames it sent
+///
+/// @dropped: frames dropped at it (link down, full queue, refused)
+///
+/// @tx-max-frame: the largest frame it sent, in bytes
+///
+/// @rx-max-frame: the largest frame delivered to it, in bytes
+///
+/// @tx-offloaded: frames it sent with checksum or segmentation work left (GSO)
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetdevStats {
+    pub name: String,
+    pub model: String,
+    #[serde(rename = "link-up")]
+    pub link_up: bool,
+    #[serde(rename = "rx-frames")]
+    pub rx_frames: i64,
+    #[serde(rename = "tx-frames")]
+    pub tx_frames: i64,
+    pub dropped: i64,
+    #[serde(rename = "tx-max-frame")]
+    pub tx_max_frame: i64,
+    #[serde(rename = "rx-max-frame")]
+    pub rx_max_frame: i64,
+    #[serde(rename = "tx-offloaded")]
+    pub tx_offloaded: i64,
 }
 
 /// ```text

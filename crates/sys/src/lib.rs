@@ -5,7 +5,10 @@
 //! - fds inherited at start-up (`fd=3` in options, as libvirt hands QEMU fds): recorded
 //!   before the daemon opens anything, claimed at most once;
 //! - a signalfd for SIGINT/SIGTERM/SIGHUP;
-//! - `--daemonize` (fork, setsid, stdio to /dev/null).
+//! - `--daemonize` (fork, setsid, stdio to /dev/null);
+//! - TAP devices, interface ioctls and network namespaces ([`tap`]).
+
+pub mod tap;
 
 use std::collections::BTreeSet;
 use std::io;
@@ -33,6 +36,24 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
         &mut control,
         RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
     )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Like [`recv_with_fds`], but waits for data (for sockets left blocking).
+pub fn recv_with_fds_blocking(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
     let mut fds = Vec::new();
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = m {
