@@ -360,3 +360,61 @@ fn tap_options_scripts_and_errors() {
         "Duplicate ID 't6'"
     );
 }
+
+/// The `bridge` netdev with QEMU's own `qemu-bridge-helper` and with netdevd's: the helper
+/// runs inside a namespace of the test's (where a Linux bridge with an address waits), with
+/// an ACL file bind-mounted over /etc/qemu in a private mount namespace, so the host's /etc
+/// is not touched (only an empty /etc/qemu mount point is created when missing).
+#[test]
+fn bridge_driver_with_qemus_helper_and_ours() {
+    let helpers = [
+        ("qemu", "/usr/lib/qemu/qemu-bridge-helper".to_string()),
+        (
+            "netdevd",
+            env!("CARGO_BIN_EXE_netdevd-bridge-helper").to_string(),
+        ),
+    ];
+    assert!(
+        std::path::Path::new(&helpers[0].1).exists(),
+        "qemu-bridge-helper missing (Debian package qemu-system-common)"
+    );
+    if !std::path::Path::new("/etc/qemu").exists() {
+        std::fs::create_dir_all("/etc/qemu").unwrap();
+    }
+    for (who, helper) in helpers {
+        let dir = TempDir::new(&format!("br-{who}"));
+        let br_ns = Netns::new(&format!("br{who}"));
+        let a = Netns::new(&format!("bra{who}"));
+        must(&br_ns, "ip link add ndtbr type bridge && ip addr add 10.9.0.10/24 dev ndtbr && ip link set ndtbr up");
+        let acl = dir.path("acl");
+        std::fs::create_dir_all(&acl).unwrap();
+        std::fs::write(acl.join("bridge.conf"), "allow ndtbr\n").unwrap();
+        let wrapped = format!(
+            "unshare -m --propagation private sh -c 'mount --bind {} /etc/qemu && exec ip netns exec {} {} \"$@\"' helper",
+            acl.display(),
+            br_ns.name,
+            helper
+        );
+        let sock = dir.path("n.sock");
+        let _d = start_netdevd(&sock, &[]);
+        let mut q = Qmp::negotiated(&sock);
+        let r = q.cmd(&json!({"execute": "netdev_add", "arguments": {"type": "bridge", "id": "br0", "br": "ndtbr", "helper": wrapped}}));
+        assert_eq!(r, json!({"return": {}}), "{who}'s helper");
+        assert_eq!(q.cmd(&json!({"execute": "netdev_add", "arguments": {"type": "hubport", "id": "brport", "hubid": 0, "netdev": "br0"}})), json!({"return": {}}));
+        let ports = must(&br_ns, "ip -o link show master ndtbr");
+        assert!(
+            ports.contains("tap"),
+            "{who}: no tap on the bridge: {ports}"
+        );
+        assert!(
+            ports.contains("fe:"),
+            "{who}: the tap's MAC starts with fe: {ports}"
+        );
+        attach(&a, &sock, "ta", 1, &[]);
+        assert!(ping(&a, 10, 3), "{who}: ping through the bridge");
+        // The ACL decides: a bridge it does not allow is refused.
+        must(&br_ns, "ip link add ndtbr2 type bridge");
+        let r = q.cmd(&json!({"execute": "netdev_add", "arguments": {"type": "bridge", "id": "br2", "br": "ndtbr2", "helper": wrapped}}));
+        assert_eq!(r["error"]["desc"], "bridge helper failed", "{who}");
+    }
+}

@@ -10,7 +10,11 @@
 //!
 //! usage:
 //!   netdevd-nstap --netns NAME|PATH [--ifname tap0] [--vnet-hdr on|off] [--queues N]
-//!                 (--qmp SOCKET --id ID [--hub HUBID] | -- COMMAND [ARGS...])
+//!                 (--qmp SOCKET --id ID [--hub HUBID] | [--first-fd N] -- COMMAND [ARGS...])
+//!
+//! Two namespaces for one daemon: nest it,
+//! `netdevd-nstap --netns a -- netdevd-nstap --netns b --first-fd 4 -- netdevd
+//!  --netdev tap,id=a,fd=3 --netdev tap,id=b,fd=4 ...`.
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +25,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: netdevd-nstap --netns NAME|PATH [--ifname tap0] [--vnet-hdr on|off] [--queues N]\n\
-                     \x20                    (--qmp SOCKET --id ID [--hub HUBID] | -- COMMAND [ARGS...])";
+                     \x20                    (--qmp SOCKET --id ID [--hub HUBID] | [--first-fd N] -- COMMAND [ARGS...])";
 
 struct Opts {
     netns: PathBuf,
@@ -31,6 +35,7 @@ struct Opts {
     qmp: Option<PathBuf>,
     id: Option<String>,
     hub: Option<i32>,
+    first_fd: i32,
     command: Vec<String>,
 }
 
@@ -43,6 +48,7 @@ fn parse() -> Result<Opts, String> {
         qmp: None,
         id: None,
         hub: None,
+        first_fd: 3,
         command: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -74,6 +80,11 @@ fn parse() -> Result<Opts, String> {
                         .parse()
                         .map_err(|_| "--hub takes a number".to_string())?,
                 )
+            }
+            "--first-fd" => {
+                o.first_fd = val("--first-fd")?
+                    .parse()
+                    .map_err(|_| "--first-fd takes a number".to_string())?
             }
             "--" => {
                 o.command = args.by_ref().collect();
@@ -238,7 +249,7 @@ fn main() -> ExitCode {
     let mut cmd = Command::new(&o.command[0]);
     cmd.args(&o.command[1..]);
     for (i, fd) in fds.into_iter().enumerate() {
-        netdevd_sys::pass_fd(&mut cmd, fd, 3 + i as i32);
+        netdevd_sys::pass_fd(&mut cmd, fd, o.first_fd + i as i32);
     }
     use std::os::unix::process::CommandExt;
     let e = cmd.exec();
