@@ -15,6 +15,9 @@
 use crate::checksum::{finish, pseudo_v4, pseudo_v6, sum};
 use crate::VirtioNetHdr;
 
+/// The smallest MSS accepted for segmentation (Linux's `TCP_MIN_SND_MSS`).
+pub const MIN_MSS: u16 = 48;
+
 /// Why a frame could not be finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GsoError {
@@ -26,8 +29,8 @@ pub enum GsoError {
     Unsupported(u8),
     #[error("not a TCP/IP frame")]
     NotTcp,
-    #[error("gso_size is zero")]
-    ZeroMss,
+    #[error("gso_size {0} is below the smallest TCP MSS Linux allows ({MIN_MSS})")]
+    MssTooSmall(u16),
 }
 
 /// Finish `frame` as described by `hdr`, calling `emit` with each resulting plain frame.
@@ -71,10 +74,11 @@ fn segment_tcp(
     hdr: &VirtioNetHdr,
     emit: &mut dyn FnMut(&[u8]),
 ) -> Result<(), GsoError> {
-    let mss = hdr.gso_size as usize;
-    if mss == 0 {
-        return Err(GsoError::ZeroMss);
+    // A tiny MSS would make one frame into tens of thousands: refuse it, as Linux does.
+    if hdr.gso_size < MIN_MSS {
+        return Err(GsoError::MssTooSmall(hdr.gso_size));
     }
+    let mss = hdr.gso_size as usize;
     // Layer 2: Ethernet, maybe one VLAN tag.
     let et = |o: usize| {
         frame
@@ -289,7 +293,7 @@ mod tests {
         #[test]
         fn any_bytes_any_header(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), h in proptest::collection::vec(proptest::prelude::any::<u8>(), 10)) {
             let mut hdr = VirtioNetHdr::parse(&h).unwrap();
-            hdr.gso_size = hdr.gso_size.max(1);
+            hdr.gso_size = hdr.gso_size.max(MIN_MSS);
             let _ = finish_frame(&data, &hdr, &mut |_| {});
         }
     }
