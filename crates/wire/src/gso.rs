@@ -285,7 +285,7 @@ mod tests {
         };
         assert_eq!(
             finish_frame(&tcp4(b"x", 0), &zero, &mut |_| {}),
-            Err(GsoError::ZeroMss)
+            Err(GsoError::MssTooSmall(0))
         );
     }
 
