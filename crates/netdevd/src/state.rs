@@ -557,6 +557,14 @@ mod tests {
             json!({"type": "tap", "id": "t", "vhost": true}),
         )
         .unwrap_err();
+        assert_eq!(e.desc, "vhost-net requested but could not be initialized");
+        let e = run(
+            &mut st,
+            &mut m,
+            "netdev_add",
+            json!({"type": "l2tpv3", "id": "l", "src": "127.0.0.1", "dst": "127.0.0.1", "txsession": 1}),
+        )
+        .unwrap_err();
         assert!(e.desc.contains("not available"), "{}", e.desc);
         run(
             &mut st,
