@@ -28,7 +28,7 @@ use rustix::net::{
 
 use crate::{Backend, BackendError, Events, Interest, Ready, Registration};
 
-const SUB_SOCK: u8 = 0;
+const SUB_SOCK: u32 = 0;
 
 /// How a datagram backend starts.
 #[derive(Debug)]
@@ -263,7 +263,7 @@ impl Endpoint for DgramBackend {
 }
 
 impl Backend for DgramBackend {
-    fn ready(&mut self, _sub: u8, r: Ready) {
+    fn ready(&mut self, _sub: u32, r: Ready) {
         if r.writable && self.blocked {
             self.blocked = false;
             self.events.drained = true;

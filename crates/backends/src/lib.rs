@@ -27,7 +27,8 @@ use netdevd_core::frame::Frame;
 use netdevd_core::net::{Endpoint, Rx};
 pub use netdevd_reactor::{Interest, Reactor, Ready};
 
-/// A backend's place on the reactor: token = `base | sub`, `sub` naming one of its fds.
+/// A backend's place on the reactor: token = `base | sub`, `sub` (32 bits) naming one of
+/// its fds.
 #[derive(Clone)]
 pub struct Registration {
     reactor: Rc<Reactor>,
@@ -39,11 +40,11 @@ impl Registration {
         Registration { reactor, base }
     }
 
-    pub fn add(&self, fd: BorrowedFd<'_>, sub: u8, interest: Interest) -> io::Result<()> {
+    pub fn add(&self, fd: BorrowedFd<'_>, sub: u32, interest: Interest) -> io::Result<()> {
         self.reactor.register(fd, self.base | sub as u64, interest)
     }
 
-    pub fn modify(&self, fd: BorrowedFd<'_>, sub: u8, interest: Interest) -> io::Result<()> {
+    pub fn modify(&self, fd: BorrowedFd<'_>, sub: u32, interest: Interest) -> io::Result<()> {
         self.reactor.modify(fd, self.base | sub as u64, interest)
     }
 
@@ -65,7 +66,7 @@ pub struct Events {
 /// A host-side driver.
 pub trait Backend: Endpoint {
     /// One of the backend's fds is ready.
-    fn ready(&mut self, sub: u8, r: Ready);
+    fn ready(&mut self, sub: u32, r: Ready);
     /// The next frame from the host side, reading as needed, written into `out` (whose
     /// buffer is reused from call to call); false when nothing is ready.
     fn poll_frame(&mut self, out: &mut Frame) -> bool;

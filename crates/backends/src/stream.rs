@@ -31,8 +31,8 @@ use crate::{Backend, BackendError, Events, Interest, Ready, Registration};
 /// Bytes of frames a stream backend buffers for transmit before it answers busy.
 pub const TX_LIMIT: usize = 256 * 1024;
 
-const SUB_LISTENER: u8 = 0;
-const SUB_CONN: u8 = 1;
+const SUB_LISTENER: u32 = 0;
+const SUB_CONN: u32 = 1;
 
 /// Where a stream backend listens or connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,7 +422,7 @@ impl Endpoint for StreamBackend {
 }
 
 impl Backend for StreamBackend {
-    fn ready(&mut self, sub: u8, r: Ready) {
+    fn ready(&mut self, sub: u32, r: Ready) {
         match sub {
             SUB_LISTENER => self.accept(),
             SUB_CONN => {

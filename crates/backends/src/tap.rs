@@ -79,7 +79,7 @@ impl TapBackend {
                     let _ = tap_set_offload(fd.as_fd(), want);
                 }
             }
-            reg.add(fd.as_fd(), i as u8, Interest::READ)
+            reg.add(fd.as_fd(), i as u32, Interest::READ)
                 .map_err(|e| BackendError::io("can't watch tap", e))?;
             queues.push(Queue {
                 fd,
@@ -114,7 +114,7 @@ impl TapBackend {
                 read: !self.paused,
                 write: i == 0 && self.blocked,
             };
-            if want != q.interest && self.reg.modify(q.fd.as_fd(), i as u8, want).is_ok() {
+            if want != q.interest && self.reg.modify(q.fd.as_fd(), i as u32, want).is_ok() {
                 q.interest = want;
             }
         }
@@ -170,7 +170,7 @@ impl Endpoint for TapBackend {
 }
 
 impl Backend for TapBackend {
-    fn ready(&mut self, sub: u8, r: Ready) {
+    fn ready(&mut self, sub: u32, r: Ready) {
         if sub == 0 && r.writable && self.blocked {
             self.blocked = false;
             self.events.drained = true;

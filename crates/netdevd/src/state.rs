@@ -107,7 +107,7 @@ pub enum BackendKind {
 struct BackendSlot {
     id: ClientId,
     name: String,
-    gen: u16,
+    gen: u8,
     backend: SharedBackend,
 }
 
@@ -116,7 +116,7 @@ pub struct State {
     pub net: Net,
     pub reactor: Rc<Reactor>,
     backends: Vec<Option<BackendSlot>>,
-    backend_gen: u16,
+    backend_gen: u8,
     /// The frame buffer every backend reads into (reused: no allocation per frame).
     scratch: netdevd_core::frame::Frame,
     /// A transmit drained during the current pump pass.
@@ -275,7 +275,7 @@ impl State {
         let gen = self.backend_gen;
         let reg = Registration::new(
             self.reactor.clone(),
-            KIND_BACKEND | ((idx as u64) << 24) | ((gen as u64) << 8),
+            KIND_BACKEND | ((idx as u64) << 40) | ((gen as u64) << 32),
         );
         let backend: SharedBackend = match kind {
             BackendKind::Stream(c) => Rc::new(RefCell::new(
@@ -327,9 +327,9 @@ impl State {
 
     /// Readiness for a backend token.
     pub fn backend_ready(&mut self, token: u64, r: Ready) {
-        let idx = ((token >> 24) & 0xffff_ffff) as usize;
-        let gen = ((token >> 8) & 0xffff) as u16;
-        let sub = (token & 0xff) as u8;
+        let idx = ((token >> 40) & 0xffff) as usize;
+        let gen = ((token >> 32) & 0xff) as u8;
+        let sub = (token & 0xffff_ffff) as u32;
         let Some(Some(slot)) = self.backends.get(idx) else {
             return;
         };

@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod gso;
+pub mod packet;
 
 /// The virtio-net header (`struct virtio_net_hdr`, little-endian, 10 bytes; 12 with
 /// `num_buffers`): checksum and segmentation offload metadata.

@@ -1,0 +1,102 @@
+//! The stack's configuration: plain values, no QAPI. netdevd's `user` driver maps
+//! `NetdevUserOptions` onto it with QEMU's checks.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// How the guest's network looks. `Default` is QEMU's: 10.0.2.0/24, gateway 10.0.2.2,
+/// DNS 10.0.2.3, leases from 10.0.2.15.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub net: Ipv4Addr,
+    pub prefix: u8,
+    /// The gateway; also stands for the host's loopback.
+    pub host: Ipv4Addr,
+    pub dns: Ipv4Addr,
+    /// The first of 16 addresses the DHCP server leases.
+    pub dhcp_start: Ipv4Addr,
+    /// DHCP option 12 (at most 32 bytes are sent, as libslirp).
+    pub hostname: Option<String>,
+    /// DHCP option 15.
+    pub domainname: Option<String>,
+    /// DHCP option 119.
+    pub dnssearch: Vec<String>,
+    /// DHCP option 67 and the BOOTP `file` field.
+    pub bootfile: Option<String>,
+    /// DHCP option 66.
+    pub tftp_server_name: Option<String>,
+    /// Isolate the guest: no UDP out but DHCP, no router or DNS offered.
+    pub restrict: bool,
+    /// Resolvers DNS queries to `dns` go to.
+    pub dns_upstream: Vec<SocketAddr>,
+    /// DHCP lease time, seconds.
+    pub lease_secs: u32,
+    /// MTU offered (option 26).
+    pub mtu: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            net: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 24,
+            host: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 3),
+            dhcp_start: Ipv4Addr::new(10, 0, 2, 15),
+            hostname: None,
+            domainname: None,
+            dnssearch: Vec::new(),
+            bootfile: None,
+            tftp_server_name: None,
+            restrict: false,
+            dns_upstream: Vec::new(),
+            lease_secs: 86400,
+            mtu: 1500,
+        }
+    }
+}
+
+impl Config {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix as u32)
+        })
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & u32::from(self.netmask()) == u32::from(self.net)
+    }
+
+    /// The resolvers named in a resolv.conf text (`nameserver` lines, IPv4 and IPv6).
+    pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+            })
+            .filter_map(|a| a.split('%').next()?.parse::<std::net::IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_qemus() {
+        let c = Config::default();
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(c.contains(c.dhcp_start));
+        assert!(!c.contains(Ipv4Addr::new(10, 0, 3, 1)));
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let r = Config::parse_resolv_conf("# x\nnameserver 127.0.0.2\nsearch a\nnameserver ::1\nnameserver fe80::1%eth0\nnameserver bogus\n");
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0], "127.0.0.2:53".parse().unwrap());
+    }
+}

@@ -1,0 +1,313 @@
+//! Checked views of the headers the user-mode stack speaks: Ethernet II, ARP (IPv4 over
+//! Ethernet), IPv4 (options skipped, fragments refused), UDP and ICMP echo. Each `parse`
+//! checks lengths before any field is read; each `build` writes a whole frame.
+//! RFC 826 (ARP), RFC 791 (IPv4), RFC 768 (UDP), RFC 792 (ICMP).
+
+use std::net::Ipv4Addr;
+
+use crate::checksum::{finish, pseudo_v4, sum};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// An Ethernet II header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eth {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ethertype: u16,
+}
+
+impl Eth {
+    pub fn parse(f: &[u8]) -> Option<(Eth, &[u8])> {
+        let h = f.get(..ETH_HLEN)?;
+        let mut dst = [0; 6];
+        let mut src = [0; 6];
+        dst.copy_from_slice(&h[0..6]);
+        src.copy_from_slice(&h[6..12]);
+        Some((
+            Eth {
+                dst,
+                src,
+                ethertype: u16::from_be_bytes([h[12], h[13]]),
+            },
+            &f[ETH_HLEN..],
+        ))
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.dst);
+        out.extend_from_slice(&self.src);
+        out.extend_from_slice(&self.ethertype.to_be_bytes());
+    }
+}
+
+/// An ARP packet for IPv4 over Ethernet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arp {
+    /// 1 request, 2 reply.
+    pub op: u16,
+    pub sha: [u8; 6],
+    pub spa: Ipv4Addr,
+    pub tha: [u8; 6],
+    pub tpa: Ipv4Addr,
+}
+
+impl Arp {
+    pub const REQUEST: u16 = 1;
+    pub const REPLY: u16 = 2;
+
+    pub fn parse(p: &[u8]) -> Option<Arp> {
+        let p = p.get(..28)?;
+        if p[0..2] != [0, 1] || p[2..4] != [8, 0] || p[4] != 6 || p[5] != 4 {
+            return None;
+        }
+        let mut sha = [0; 6];
+        let mut tha = [0; 6];
+        sha.copy_from_slice(&p[8..14]);
+        tha.copy_from_slice(&p[18..24]);
+        Some(Arp {
+            op: u16::from_be_bytes([p[6], p[7]]),
+            sha,
+            spa: Ipv4Addr::new(p[14], p[15], p[16], p[17]),
+            tha,
+            tpa: Ipv4Addr::new(p[24], p[25], p[26], p[27]),
+        })
+    }
+
+    /// A whole Ethernet frame carrying this ARP packet, padded to 60 bytes.
+    pub fn frame(&self, eth_dst: [u8; 6]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(60);
+        Eth {
+            dst: eth_dst,
+            src: self.sha,
+            ethertype: ETHERTYPE_ARP,
+        }
+        .write(&mut f);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+        f.extend_from_slice(&self.op.to_be_bytes());
+        f.extend_from_slice(&self.sha);
+        f.extend_from_slice(&self.spa.octets());
+        f.extend_from_slice(&self.tha);
+        f.extend_from_slice(&self.tpa.octets());
+        f.resize(60, 0);
+        f
+    }
+}
+
+/// An IPv4 header (options are skipped over, not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ttl: u8,
+    pub id: u16,
+}
+
+impl Ipv4 {
+    /// Parse a packet; returns the header and the payload (cut to the total length).
+    /// Fragments and bad header checksums are refused.
+    pub fn parse(p: &[u8]) -> Option<(Ipv4, &[u8])> {
+        let vihl = *p.first()?;
+        if vihl >> 4 != 4 {
+            return None;
+        }
+        let ihl = (vihl & 0xf) as usize * 4;
+        let h = p.get(..ihl.max(20))?;
+        if ihl < 20 {
+            return None;
+        }
+        let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+        if total < ihl || total > p.len() {
+            return None;
+        }
+        let frag = u16::from_be_bytes([h[6], h[7]]);
+        if frag & 0x3fff != 0 {
+            return None; // more fragments or an offset: not reassembled here
+        }
+        if crate::checksum::fold(sum(h, 0)) != 0xffff {
+            return None;
+        }
+        Some((
+            Ipv4 {
+                src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+                dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+                proto: h[9],
+                ttl: h[8],
+                id: u16::from_be_bytes([h[4], h[5]]),
+            },
+            &p[ihl..total],
+        ))
+    }
+
+    /// Write a 20-byte header for `payload_len` bytes, checksum included.
+    pub fn write(&self, payload_len: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        let total = (20 + payload_len) as u16;
+        out.extend_from_slice(&[0x45, 0]);
+        out.extend_from_slice(&total.to_be_bytes());
+        out.extend_from_slice(&self.id.to_be_bytes());
+        out.extend_from_slice(&[0x40, 0, self.ttl, self.proto, 0, 0]);
+        out.extend_from_slice(&self.src.octets());
+        out.extend_from_slice(&self.dst.octets());
+        let c = finish(sum(&out[start..start + 20], 0));
+        out[start + 10..start + 12].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// A UDP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Udp {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Udp {
+    /// Parse a datagram; returns the header and the payload. A non-zero checksum must
+    /// verify.
+    pub fn parse<'a>(ip: &Ipv4, p: &'a [u8]) -> Option<(Udp, &'a [u8])> {
+        let h = p.get(..8)?;
+        let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+        if len < 8 || len > p.len() {
+            return None;
+        }
+        let csum = u16::from_be_bytes([h[6], h[7]]);
+        if csum != 0 {
+            let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_UDP, len);
+            if crate::checksum::fold(sum(&p[..len], ps)) != 0xffff {
+                return None;
+            }
+        }
+        Some((
+            Udp {
+                src_port: u16::from_be_bytes([h[0], h[1]]),
+                dst_port: u16::from_be_bytes([h[2], h[3]]),
+            },
+            &p[8..len],
+        ))
+    }
+}
+
+/// A whole Ethernet + IPv4 + UDP frame.
+pub fn udp_frame(eth: Eth, ip: Ipv4, udp: Udp, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + 28 + payload.len());
+    eth.write(&mut f);
+    ip.write(8 + payload.len(), &mut f);
+    let u = f.len();
+    f.extend_from_slice(&udp.src_port.to_be_bytes());
+    f.extend_from_slice(&udp.dst_port.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    let ps = pseudo_v4(
+        &ip.src.octets(),
+        &ip.dst.octets(),
+        PROTO_UDP,
+        8 + payload.len(),
+    );
+    let mut c = finish(sum(&f[u..], ps));
+    if c == 0 {
+        c = 0xffff;
+    }
+    f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+    f
+}
+
+/// A whole Ethernet + IPv4 + ICMP frame (`icmp` is the ICMP message, checksum field zero).
+pub fn icmp_frame(eth: Eth, ip: Ipv4, icmp: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + 20 + icmp.len());
+    eth.write(&mut f);
+    ip.write(icmp.len(), &mut f);
+    let i = f.len();
+    f.extend_from_slice(icmp);
+    if icmp.len() >= 4 {
+        f[i + 2..i + 4].copy_from_slice(&[0, 0]);
+        let c = finish(sum(&f[i..], 0));
+        f[i + 2..i + 4].copy_from_slice(&c.to_be_bytes());
+    }
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_round_trip() {
+        let eth = Eth {
+            dst: [1; 6],
+            src: [2; 6],
+            ethertype: ETHERTYPE_IPV4,
+        };
+        let ip = Ipv4 {
+            src: Ipv4Addr::new(10, 0, 2, 2),
+            dst: Ipv4Addr::new(10, 0, 2, 15),
+            proto: PROTO_UDP,
+            ttl: 64,
+            id: 7,
+        };
+        let f = udp_frame(
+            eth,
+            ip,
+            Udp {
+                src_port: 67,
+                dst_port: 68,
+            },
+            b"hello",
+        );
+        let (e, rest) = Eth::parse(&f).unwrap();
+        assert_eq!(e, eth);
+        let (i, payload) = Ipv4::parse(rest).unwrap();
+        assert_eq!(i, ip);
+        let (u, data) = Udp::parse(&i, payload).unwrap();
+        assert_eq!((u.src_port, u.dst_port, data), (67, 68, &b"hello"[..]));
+        // A flipped bit fails the checksum.
+        let mut bad = f.clone();
+        bad[14 + 28] ^= 1;
+        let (_, rest) = Eth::parse(&bad).unwrap();
+        let (i, payload) = Ipv4::parse(rest).unwrap();
+        assert!(Udp::parse(&i, payload).is_none());
+    }
+
+    #[test]
+    fn arp_round_trip_and_truncation() {
+        let a = Arp {
+            op: Arp::REQUEST,
+            sha: [2; 6],
+            spa: Ipv4Addr::new(10, 0, 2, 15),
+            tha: [0; 6],
+            tpa: Ipv4Addr::new(10, 0, 2, 2),
+        };
+        let f = a.frame([0xff; 6]);
+        assert_eq!(f.len(), 60);
+        let (e, rest) = Eth::parse(&f).unwrap();
+        assert_eq!(e.ethertype, ETHERTYPE_ARP);
+        assert_eq!(Arp::parse(rest), Some(a));
+        assert_eq!(Arp::parse(&rest[..27]), None);
+        assert!(Ipv4::parse(&[0x45; 19]).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Some((_, rest)) = Eth::parse(&data) {
+                let _ = Arp::parse(rest);
+                if let Some((ip, p)) = Ipv4::parse(rest) {
+                    let _ = Udp::parse(&ip, p);
+                }
+            }
+        }
+    }
+}
