@@ -17,6 +17,7 @@ pub mod dgram;
 pub mod framing;
 pub mod stream;
 pub mod tap;
+pub mod user;
 
 use std::cell::RefCell;
 use std::io;

@@ -31,6 +31,8 @@ pub struct Options {
     pub netdevs: Vec<String>,
     pub pidfile: Option<PathBuf>,
     pub daemonize: bool,
+    /// The resolv.conf naming the user netdev's upstream resolvers.
+    pub resolv_conf: Option<PathBuf>,
     /// Neither `--qmp` nor `--netdev` was given: the built-in default applies.
     pub defaults: bool,
 }
@@ -54,6 +56,8 @@ usage: netdevd [--qmp ADDR]... [--netdev OPTS]... [--pidfile PATH] [--daemonize]
                    or JSON ({\"type\":\"hubport\",\"id\":\"h0\",\"hubid\":0}) (repeatable);
                    --netdev help lists the types
   --pidfile PATH   write the daemon's pid to PATH
+  --resolv-conf PATH  where user netdevs find their upstream DNS resolvers
+                   (default /etc/resolv.conf)
   --daemonize      run in the background once everything is set up
   --help, --version
 
@@ -96,6 +100,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.netdevs.push(v);
             }
             "pidfile" => opts.pidfile = Some(PathBuf::from(value("pidfile")?)),
+            "resolv-conf" => opts.resolv_conf = Some(PathBuf::from(value("resolv-conf")?)),
             "daemonize" => {
                 if inline.is_some() {
                     return Err("--daemonize takes no value".into());

@@ -88,6 +88,10 @@ pub fn netdev_add(
             let cfg = tap_config(o, fds)?;
             return state.add_backend(&nd.id, "tap", BackendKind::Tap(cfg));
         }
+        NetdevVariant::User(o) => {
+            let cfg = crate::user::config(o, &state.resolv_conf)?;
+            return state.add_backend(&nd.id, "user", BackendKind::User(cfg));
+        }
         NetdevVariant::Bridge(o) => {
             let br = o.br.as_deref().unwrap_or(DEFAULT_BRIDGE);
             let helper = o.helper.as_deref().unwrap_or(DEFAULT_HELPER);

@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod drivers;
 mod state;
+mod user;
 
 use std::process::ExitCode;
 
@@ -116,6 +117,9 @@ fn run(mut opts: Options) -> anyhow::Result<()> {
     }
     let reactor = std::rc::Rc::new(netdevd_backends::Reactor::new()?);
     let mut state = State::new(reactor);
+    if let Some(r) = &opts.resolv_conf {
+        state.resolv_conf = r.clone();
+    }
     for (s, nd) in netdevs {
         // `none` on the command line means "no network", as QEMU's -nic none.
         if matches!(nd.variant, NetdevVariant::None) {

@@ -102,6 +102,7 @@ pub enum BackendKind {
     Stream(StreamConfig),
     Dgram(DgramConfig),
     Tap(TapConfig),
+    User(netdevd_usernet::Config),
 }
 
 struct BackendSlot {
@@ -115,6 +116,8 @@ struct BackendSlot {
 pub struct State {
     pub net: Net,
     pub reactor: Rc<Reactor>,
+    /// Where the user netdev finds its upstream resolvers (`--resolv-conf`).
+    pub resolv_conf: std::path::PathBuf,
     backends: Vec<Option<BackendSlot>>,
     backend_gen: u8,
     /// The frame buffer every backend reads into (reused: no allocation per frame).
@@ -134,6 +137,7 @@ impl State {
         State {
             net: Net::new(),
             reactor,
+            resolv_conf: std::path::PathBuf::from("/etc/resolv.conf"),
             backends: Vec::new(),
             backend_gen: 0,
             scratch: netdevd_core::frame::Frame::new(Vec::with_capacity(
@@ -286,6 +290,9 @@ impl State {
             )),
             BackendKind::Tap(c) => Rc::new(RefCell::new(
                 TapBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
+            )),
+            BackendKind::User(c) => Rc::new(RefCell::new(
+                netdevd_backends::user::UserBackend::new(reg, c),
             )),
         };
         let id = self

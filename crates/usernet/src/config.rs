@@ -26,6 +26,8 @@ pub struct Config {
     pub tftp_server_name: Option<String>,
     /// Isolate the guest: no UDP out but DHCP, no router or DNS offered.
     pub restrict: bool,
+    /// Serve IPv4 at all (`ipv4=off` turns it off).
+    pub ipv4: bool,
     /// Resolvers DNS queries to `dns` go to.
     pub dns_upstream: Vec<SocketAddr>,
     /// DHCP lease time, seconds.
@@ -48,6 +50,7 @@ impl Default for Config {
             bootfile: None,
             tftp_server_name: None,
             restrict: false,
+            ipv4: true,
             dns_upstream: Vec::new(),
             lease_secs: 86400,
             mtu: 1500,

@@ -141,6 +141,9 @@ impl Stack {
         if eth.src[0] & 1 == 0 {
             self.guest_mac = Some(eth.src);
         }
+        if !self.cfg.ipv4 {
+            return self.drop_frame();
+        }
         match eth.ethertype {
             ETHERTYPE_ARP => self.arp(rest),
             ETHERTYPE_IPV4 => self.ipv4(eth, rest, now, io),

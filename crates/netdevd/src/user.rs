@@ -1,0 +1,287 @@
+//! The `user` netdev's options (`NetdevUserOptions`) mapped onto the user-mode stack's
+//! plain config, with QEMU 7.2's checks and texts (`net/slirp.c` `net_init_slirp`,
+//! `net_slirp_init`). Parts of the stack still to come answer "not available yet".
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use netdevd_backends::addr::inet_aton;
+use netdevd_qapi::NetdevUserOptions;
+use netdevd_qmp::QmpError;
+use netdevd_usernet::Config;
+
+fn err(s: impl Into<String>) -> QmpError {
+    QmpError::generic(s)
+}
+
+/// QEMU's classful guess when `net=` has no mask.
+fn classful(a: Ipv4Addr) -> u8 {
+    let o = a.octets();
+    match o[0] {
+        0..=127 => 8,
+        172 if (16..32).contains(&o[1]) => 12,
+        128..=191 => 16,
+        192 if o[1] == 168 => 16,
+        198 if o[1] & 0xfe == 18 => 15,
+        224..=255 => 24,
+        _ => 28,
+    }
+}
+
+fn prefix_of(mask: Ipv4Addr) -> Option<u8> {
+    let m = u32::from(mask);
+    let p = m.leading_ones();
+    (m.checked_shl(p).unwrap_or(0) == 0).then_some(p as u8)
+}
+
+/// `net=ADDR[/MASK]`: MASK a prefix length 4..32 or a dotted mask.
+fn parse_net(s: &str) -> Result<(Ipv4Addr, u8), QmpError> {
+    let (addr, mask) = match s.split_once('/') {
+        Some((a, m)) => (a, Some(m)),
+        None => (s, None),
+    };
+    let addr: String = addr.chars().take(19).collect();
+    let a = inet_aton(&addr).ok_or_else(|| err("Failed to parse netmask"))?;
+    let prefix = match mask {
+        None => classful(a),
+        Some(m) if m.starts_with(|c: char| c.is_ascii_digit()) && !m.contains('.') => {
+            let digits: String = m.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if digits.len() != m.len() {
+                return Err(err("Failed to parse netmask (trailing chars)"));
+            }
+            let p: u32 = digits.parse().unwrap_or(0);
+            if !(4..=32).contains(&p) {
+                return Err(err("Invalid netmask provided (must be in range 4-32)"));
+            }
+            p as u8
+        }
+        Some(m) => {
+            let mask = inet_aton(m).ok_or_else(|| err("Failed to parse netmask"))?;
+            prefix_of(mask).ok_or_else(|| err("Failed to parse netmask"))?
+        }
+    };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix as u32)
+    };
+    Ok((Ipv4Addr::from(u32::from(a) & mask), prefix))
+}
+
+/// The stack's config for these options. `resolv_conf` names the upstream resolvers.
+pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpError> {
+    for (given, name) in [
+        (o.hostfwd.is_some(), "hostfwd"),
+        (o.guestfwd.is_some(), "guestfwd"),
+        (o.tftp.is_some(), "tftp"),
+        (o.smb.is_some(), "smb"),
+    ] {
+        if given {
+            return Err(err(format!(
+                "netdev user option '{name}' is not available in netdevd yet"
+            )));
+        }
+    }
+    let (ipv4, ipv6) = match (o.ipv4, o.ipv6) {
+        (Some(a), Some(b)) => (a, b),
+        (Some(a), None) => (a, !a),
+        (None, Some(b)) => (!b, b),
+        (None, None) => (true, true),
+    };
+    if !ipv4 && (o.net.is_some() || o.ip.is_some() || o.host.is_some() || o.dns.is_some()) {
+        return Err(err("IPv4 disabled but netmask/host/dns provided"));
+    }
+    if !ipv6 && (o.ipv6_prefix.is_some() || o.ipv6_host.is_some() || o.ipv6_dns.is_some()) {
+        return Err(err("IPv6 disabled but prefix/host6/dns6 provided"));
+    }
+    if !ipv4 && !ipv6 {
+        return Err(err("IPv4 and IPv6 disabled"));
+    }
+    if let Some(p) = o.ipv6_prefixlen {
+        if !(0..=126).contains(&p) {
+            return Err(err(
+                "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)",
+            ));
+        }
+    }
+    let mut c = Config {
+        restrict: o.restrict == Some(true),
+        ipv4,
+        ..Config::default()
+    };
+    let netspec = o
+        .net
+        .clone()
+        .or_else(|| o.ip.as_ref().map(|ip| format!("{ip}/24")));
+    if let Some(n) = &netspec {
+        let (net, prefix) = parse_net(n)?;
+        c.net = net;
+        c.prefix = prefix;
+    }
+    let mask = u32::from(c.netmask());
+    let in_net = |a: Ipv4Addr| u32::from(a) & mask == u32::from(c.net);
+    let default_at = |x: u32| Ipv4Addr::from(u32::from(c.net) | (x & !mask));
+    c.host = match &o.host {
+        Some(h) => inet_aton(h).ok_or_else(|| err("Failed to parse host"))?,
+        None => default_at(0x0000_0202),
+    };
+    if !in_net(c.host) {
+        return Err(err("Host doesn't belong to network"));
+    }
+    c.dns = match &o.dns {
+        Some(d) => inet_aton(d).ok_or_else(|| err("Failed to parse DNS"))?,
+        None => default_at(0x0000_0203),
+    };
+    if c.restrict && !in_net(c.dns) {
+        return Err(err("DNS doesn't belong to network"));
+    }
+    if c.dns == c.host {
+        return Err(err("DNS must be different from host"));
+    }
+    c.dhcp_start = match &o.dhcpstart {
+        Some(d) => inet_aton(d).ok_or_else(|| err("Failed to parse DHCP start address"))?,
+        None => default_at(0x0000_020f),
+    };
+    if !in_net(c.dhcp_start) {
+        return Err(err("DHCP doesn't belong to network"));
+    }
+    if c.dhcp_start == c.host || c.dhcp_start == c.dns {
+        return Err(err("DHCP must be different from host and DNS"));
+    }
+    if o.hostname.as_ref().is_some_and(|h| h.len() > 255) {
+        return Err(err("'vhostname' parameter cannot exceed 255 bytes"));
+    }
+    if o.tftp_server_name.as_ref().is_some_and(|t| t.len() > 255) {
+        return Err(err("'tftp-server-name' parameter cannot exceed 255 bytes"));
+    }
+    if let Some(d) = &o.domainname {
+        if d.is_empty() {
+            return Err(err("'domainname' parameter cannot be empty"));
+        }
+        if d.len() > 255 {
+            return Err(err("'domainname' parameter cannot exceed 255 bytes"));
+        }
+    }
+    // libslirp aborts on a BOOTP file name of 128 bytes or more: refused here.
+    if o.bootfile.as_ref().is_some_and(|b| b.len() >= 128) {
+        return Err(err("'bootfile' parameter cannot exceed 127 bytes"));
+    }
+    c.hostname = o.hostname.clone();
+    c.domainname = o.domainname.clone();
+    c.dnssearch = o
+        .dnssearch
+        .iter()
+        .flatten()
+        .map(|s| s.str.clone())
+        .collect();
+    c.bootfile = o.bootfile.clone();
+    c.tftp_server_name = o.tftp_server_name.clone();
+    c.dns_upstream =
+        Config::parse_resolv_conf(&std::fs::read_to_string(resolv_conf).unwrap_or_default());
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(v: serde_json::Value) -> NetdevUserOptions {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cfg(v: serde_json::Value) -> Result<Config, String> {
+        config(&opts(v), Path::new("/nonexistent")).map_err(|e| e.desc)
+    }
+
+    #[test]
+    fn defaults_and_moved_network() {
+        let c = cfg(serde_json::json!({})).unwrap();
+        assert_eq!(
+            (c.host, c.dns, c.dhcp_start),
+            (
+                Ipv4Addr::new(10, 0, 2, 2),
+                Ipv4Addr::new(10, 0, 2, 3),
+                Ipv4Addr::new(10, 0, 2, 15)
+            )
+        );
+        let c = cfg(serde_json::json!({"net": "192.168.76.0/24"})).unwrap();
+        assert_eq!(
+            (c.host, c.dns, c.dhcp_start),
+            (
+                Ipv4Addr::new(192, 168, 76, 2),
+                Ipv4Addr::new(192, 168, 76, 3),
+                Ipv4Addr::new(192, 168, 76, 15)
+            )
+        );
+        let c = cfg(serde_json::json!({"net": "10.5.0.0/255.255.0.0"})).unwrap();
+        assert_eq!(c.prefix, 16);
+        assert_eq!(c.host, Ipv4Addr::new(10, 5, 2, 2));
+        let c = cfg(serde_json::json!({"ip": "10.7.7.0"})).unwrap();
+        assert_eq!(c.net, Ipv4Addr::new(10, 7, 7, 0));
+    }
+
+    #[test]
+    fn qemu_texts() {
+        for (v, want) in [
+            (
+                serde_json::json!({"net": "10.0.2.0/33"}),
+                "Invalid netmask provided (must be in range 4-32)",
+            ),
+            (
+                serde_json::json!({"net": "10.0.2.0/24x"}),
+                "Failed to parse netmask (trailing chars)",
+            ),
+            (
+                serde_json::json!({"net": "bogus"}),
+                "Failed to parse netmask",
+            ),
+            (
+                serde_json::json!({"host": "10.0.3.2"}),
+                "Host doesn't belong to network",
+            ),
+            (serde_json::json!({"host": "x"}), "Failed to parse host"),
+            (
+                serde_json::json!({"dns": "10.0.2.2"}),
+                "DNS must be different from host",
+            ),
+            (
+                serde_json::json!({"dns": "10.9.9.9", "restrict": true}),
+                "DNS doesn't belong to network",
+            ),
+            (
+                serde_json::json!({"dhcpstart": "10.0.9.15"}),
+                "DHCP doesn't belong to network",
+            ),
+            (
+                serde_json::json!({"dhcpstart": "10.0.2.3"}),
+                "DHCP must be different from host and DNS",
+            ),
+            (
+                serde_json::json!({"ipv4": false, "ipv6": false}),
+                "IPv4 and IPv6 disabled",
+            ),
+            (
+                serde_json::json!({"ipv6": true, "net": "10.0.2.0/24"}),
+                "IPv4 disabled but netmask/host/dns provided",
+            ),
+            (
+                serde_json::json!({"ipv6-prefixlen": 127}),
+                "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)",
+            ),
+            (
+                serde_json::json!({"domainname": ""}),
+                "'domainname' parameter cannot be empty",
+            ),
+            (
+                serde_json::json!({"bootfile": "x".repeat(128)}),
+                "'bootfile' parameter cannot exceed 127 bytes",
+            ),
+        ] {
+            assert_eq!(cfg(v.clone()).unwrap_err(), want, "{v}");
+        }
+        assert!(
+            cfg(serde_json::json!({"dns": "10.9.9.9"})).is_ok(),
+            "dns outside the network is fine unrestricted"
+        );
+    }
+}

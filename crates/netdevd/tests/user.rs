@@ -1,0 +1,138 @@
+//! The `user` netdev with real clients in a network namespace of the test's (a tap handed to
+//! netdevd, netdevd in the host namespace): busybox `udhcpc` gets a lease and every option,
+//! `ping` reaches the gateway, `dig @10.0.2.3` resolves through a dnsmasq the test starts on
+//! a loopback address (never the machine's resolver), and UDP to 10.0.2.2 reaches a server
+//! on the host's 127.0.0.1. Needs root.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{start_netdevd, Netns, Proc, TempDir};
+
+fn sh(ns: &Netns, cmd: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn dhcp_dns_ping_and_udp_from_a_namespace() {
+    let dir = TempDir::new("user");
+    let ns = Netns::new("user");
+    // The upstream resolver: dnsmasq on a loopback address of its own.
+    let dns_ip = format!("127.0.0.{}", 100 + std::process::id() % 100);
+    let dnsmasq = Proc {
+        child: Command::new("dnsmasq")
+            .args([
+                "-k",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+                "--address=/name.test/10.1.2.3",
+                "--log-facility=-",
+            ])
+            .arg(format!("--listen-address={dns_ip}"))
+            .arg(format!("--pid-file={}", dir.path("dnsmasq.pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian dnsmasq-base) must be installed"),
+    };
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {dns_ip}\n")).unwrap();
+    // A UDP echo server on the host's loopback.
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let sock = dir.path("n.sock");
+    let _d = start_netdevd(
+        &sock,
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            "user,id=u,hostname=guest1,domainname=example.test,dnssearch=a.test,dnssearch=b.a.test,bootfile=pxelinux.0,tftp-server-name=10.0.2.2",
+            "--netdev",
+            "hubport,id=up,hubid=0,netdev=u",
+        ],
+    );
+    let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
+        .args(["--netns", &ns.name, "--qmp"])
+        .arg(&sock)
+        .args(["--id", "g", "--hub", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let script = dir.path("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew)\n  env | grep -E '^(ip|subnet|router|dns|serverid|lease|hostname|domain|search|tftp|bootfile|boot_file|mtu)=' | sort\n  ip addr add \"$ip/$subnet\" dev \"$interface\"\n  ip route add default via \"$router\"\nesac\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let (ok, out) = sh(
+        &ns,
+        &format!(
+            "ip link set tap0 up && busybox udhcpc -i tap0 -f -q -n -t 5 -T 1 -s {}",
+            script.display()
+        ),
+    );
+    assert!(ok, "udhcpc failed:\n{out}");
+    println!("{out}");
+    for want in [
+        "ip=10.0.2.15",
+        "subnet=255.255.255.0",
+        "router=10.0.2.2",
+        "dns=10.0.2.3",
+        "serverid=10.0.2.2",
+        "lease=86400",
+        "hostname=guest1",
+        "domain=example.test",
+        "search=a.test b.a.test",
+        "tftp=10.0.2.2",
+        "bootfile=pxelinux.0",
+        "mtu=1500",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim() == want),
+            "udhcpc did not report {want}:\n{out}"
+        );
+    }
+    let (ok, out) = sh(&ns, "ping -c 2 -W 2 10.0.2.2");
+    assert!(ok, "ping the gateway:\n{out}");
+    let (ok, out) = sh(&ns, "dig @10.0.2.3 name.test +short +time=2 +tries=3");
+    assert!(
+        ok && out.trim() == "10.1.2.3",
+        "dig through 10.0.2.3:\n{out}"
+    );
+    let (ok, out) = sh(
+        &ns,
+        &format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(b'hello-udp', ('10.0.2.2', {echo_port})); print(s.recv(100).decode())\""
+        ),
+    );
+    assert!(
+        ok && out.trim() == "hello-udp",
+        "UDP echo through 10.0.2.2:\n{out}"
+    );
+    drop(dnsmasq);
+    std::thread::sleep(Duration::from_millis(10));
+}
