@@ -80,6 +80,17 @@ pub trait Backend: Endpoint {
     fn set_paused(&mut self, paused: bool);
     /// QEMU's `info network` string for this client.
     fn info(&self) -> String;
+    /// Frames for the core are waiting inside the backend (not in a socket the reactor
+    /// watches), so the loop must pull again even without a readiness event.
+    fn has_pending(&self) -> bool {
+        false
+    }
+    /// When the backend next needs [`Backend::timers`] (retransmissions, expiry).
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+    /// Run what is due at `now`.
+    fn timers(&mut self, _now: std::time::Instant) {}
     /// Where a listening backend can be reached (`tcp:HOST:PORT` or `unix:PATH`).
     fn listen_addr(&self) -> Option<String> {
         None

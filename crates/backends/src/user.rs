@@ -9,8 +9,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
+
+use rustix::io::Errno;
+use rustix::net::{self as rnet, AddressFamily, SocketFlags, SocketType};
 
 use netdevd_core::frame::Frame;
 use netdevd_core::net::{Endpoint, Rx};
@@ -22,11 +25,30 @@ use crate::{Backend, Events, Interest, Ready, Registration};
 /// Datagrams read from one host socket per loop turn.
 pub const READS_PER_WAKEUP: usize = 64;
 
+/// A host socket of one flow.
+enum Sock {
+    Udp(UdpSocket),
+    Tcp {
+        fd: OwnedFd,
+        connecting: bool,
+        interest: Interest,
+    },
+}
+
+impl Sock {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Sock::Udp(s) => s.as_fd(),
+            Sock::Tcp { fd, .. } => fd.as_fd(),
+        }
+    }
+}
+
 /// The backend.
 pub struct UserBackend {
     reg: Registration,
     stack: Stack,
-    socks: HashMap<FlowId, UdpSocket>,
+    socks: HashMap<FlowId, Sock>,
     events: Events,
     buf: Vec<u8>,
     info: String,
@@ -35,7 +57,16 @@ pub struct UserBackend {
 /// The host side the stack sees.
 struct Host<'a> {
     reg: &'a Registration,
-    socks: &'a mut HashMap<FlowId, UdpSocket>,
+    socks: &'a mut HashMap<FlowId, Sock>,
+}
+
+impl Host<'_> {
+    fn tcp_fd(&self, id: FlowId) -> io::Result<&OwnedFd> {
+        match self.socks.get(&id) {
+            Some(Sock::Tcp { fd, .. }) => Ok(fd),
+            _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
+        }
+    }
 }
 
 impl HostIo for Host<'_> {
@@ -49,20 +80,91 @@ impl HostIo for Host<'_> {
         s.connect(target)?;
         s.set_nonblocking(true)?;
         self.reg.add(s.as_fd(), id, Interest::READ)?;
-        self.socks.insert(id, s);
+        self.socks.insert(id, Sock::Udp(s));
         Ok(())
     }
 
     fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()> {
         match self.socks.get(&id) {
-            Some(s) => s.send(data).map(|_| ()),
-            None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+            Some(Sock::Udp(s)) => s.send(data).map(|_| ()),
+            _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
         }
     }
 
     fn udp_close(&mut self, id: FlowId) {
         if let Some(s) = self.socks.remove(&id) {
-            self.reg.remove(s.as_fd());
+            self.reg.remove(s.fd());
+        }
+    }
+
+    fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()> {
+        let family = if target.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let fd = rnet::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rnet::connect(&fd, &target) {
+            Ok(()) | Err(Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
+        self.reg.add(fd.as_fd(), id, Interest::WRITE)?;
+        self.socks.insert(
+            id,
+            Sock::Tcp {
+                fd,
+                connecting: true,
+                interest: Interest::WRITE,
+            },
+        );
+        Ok(())
+    }
+
+    fn tcp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize> {
+        match rustix::io::write(self.tcp_fd(id)?, data) {
+            Ok(n) => Ok(n),
+            Err(Errno::AGAIN) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn tcp_recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(rustix::io::read(self.tcp_fd(id)?, buf)?)
+    }
+
+    fn tcp_shutdown(&mut self, id: FlowId) {
+        if let Ok(fd) = self.tcp_fd(id) {
+            let _ = rnet::shutdown(fd, rnet::Shutdown::Write);
+        }
+    }
+
+    fn tcp_close(&mut self, id: FlowId, abort: bool) {
+        if let Some(s) = self.socks.remove(&id) {
+            if abort {
+                // Close with RST, as the guest reset its side.
+                let _ = rnet::sockopt::set_socket_linger(s.fd(), Some(std::time::Duration::ZERO));
+            }
+            self.reg.remove(s.fd());
+        }
+    }
+
+    fn tcp_watch(&mut self, id: FlowId, read: bool, write: bool) {
+        if let Some(Sock::Tcp {
+            fd,
+            connecting: false,
+            interest,
+        }) = self.socks.get_mut(&id)
+        {
+            let want = Interest { read, write };
+            if want != *interest && self.reg.modify(fd.as_fd(), id, want).is_ok() {
+                *interest = want;
+            }
         }
     }
 }
@@ -100,28 +202,80 @@ impl Endpoint for UserBackend {
 
     fn close(&mut self) {
         for (_, s) in self.socks.drain() {
-            self.reg.remove(s.as_fd());
+            self.reg.remove(s.fd());
         }
     }
 }
 
 impl Backend for UserBackend {
     fn ready(&mut self, sub: u32, r: Ready) {
-        if !(r.readable || r.closed) {
-            return;
-        }
         let now = Instant::now();
-        for _ in 0..READS_PER_WAKEUP {
-            let Some(s) = self.socks.get(&sub) else {
-                return;
-            };
-            match s.recv(&mut self.buf) {
-                Ok(n) => self.stack.from_host(sub, &self.buf[..n], now),
-                // ICMP errors (port unreachable) surface on connected sockets; not fatal.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(_) => return,
+        match self.socks.get_mut(&sub) {
+            Some(Sock::Udp(_)) => {
+                if !(r.readable || r.closed) {
+                    return;
+                }
+                for _ in 0..READS_PER_WAKEUP {
+                    let Some(Sock::Udp(s)) = self.socks.get(&sub) else {
+                        return;
+                    };
+                    match s.recv(&mut self.buf) {
+                        Ok(n) => self.stack.from_host(sub, &self.buf[..n], now),
+                        // ICMP errors (port unreachable) surface on connected sockets.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                        Err(_) => return,
+                    }
+                }
             }
+            Some(Sock::Tcp {
+                fd,
+                connecting,
+                interest,
+            }) => {
+                if *connecting {
+                    if !(r.writable || r.closed) {
+                        return;
+                    }
+                    let ok = matches!(rnet::sockopt::socket_error(&*fd), Ok(Ok(())));
+                    *connecting = false;
+                    *interest = Interest::NONE;
+                    let _ = self.reg.modify(fd.as_fd(), sub, Interest::NONE);
+                    let mut host = Host {
+                        reg: &self.reg,
+                        socks: &mut self.socks,
+                    };
+                    self.stack.tcp_connected(sub, ok, now, &mut host);
+                    return;
+                }
+                let mut host = Host {
+                    reg: &self.reg,
+                    socks: &mut self.socks,
+                };
+                if r.writable {
+                    self.stack.tcp_writable(sub, now, &mut host);
+                }
+                if r.readable || r.closed {
+                    self.stack.tcp_readable(sub, now, &mut host);
+                }
+            }
+            None => {}
         }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.stack.next_deadline()
+    }
+
+    fn has_pending(&self) -> bool {
+        self.stack.has_frames()
+    }
+
+    fn timers(&mut self, now: Instant) {
+        let mut host = Host {
+            reg: &self.reg,
+            socks: &mut self.socks,
+        };
+        self.stack.tcp_timers(now, &mut host);
     }
 
     fn poll_frame(&mut self, out: &mut Frame) -> bool {

@@ -166,8 +166,10 @@ impl Daemon {
             for r in &ready {
                 self.dispatch(*r);
             }
-            more = self.state.pump_all();
+            // Timers first: what they produce (retransmissions, announce frames) moves in the
+            // pump right after.
             self.state.run_timers(Instant::now());
+            more = self.state.pump_all();
             self.flush_events();
             if self.state.quit && self.conns.iter().flatten().all(|c| c.out.is_empty()) {
                 self.running = false;

@@ -359,7 +359,14 @@ impl State {
                 more |= self.pump(idx);
             }
             self.flush_all();
-            if !self.drained {
+            // Frames a backend made while another was pumped (the user stack answering a
+            // guest frame) wait inside it: pull them in another pass.
+            let pending = self
+                .backends
+                .iter()
+                .flatten()
+                .any(|s| s.backend.borrow().has_pending() && self.net.can_send(s.id));
+            if !self.drained && !pending {
                 return more;
             }
         }
@@ -435,15 +442,31 @@ impl State {
         }
     }
 
-    /// Run the announce rounds that are due.
+    /// Run the announce rounds and backend timers that are due.
     pub fn run_timers(&mut self, now: Instant) {
         for interfaces in self.announcer.poll(now) {
             self.net.announce_round(interfaces.as_deref());
         }
+        for slot in self.backends.iter().flatten() {
+            let b = slot.backend.clone();
+            let due = b.borrow().next_deadline().is_some_and(|t| t <= now);
+            if due {
+                b.borrow_mut().timers(now);
+            }
+        }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.announcer.next_deadline()
+        let backends = self
+            .backends
+            .iter()
+            .flatten()
+            .filter_map(|s| s.backend.borrow().next_deadline());
+        self.announcer
+            .next_deadline()
+            .into_iter()
+            .chain(backends)
+            .min()
     }
 }
 

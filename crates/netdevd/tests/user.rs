@@ -136,3 +136,145 @@ fn dhcp_dns_ping_and_udp_from_a_namespace() {
     drop(dnsmasq);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// Start netdevd with a user netdev on hub 0 and hand `ns` a tap on that hub, configured
+/// statically as the DHCP lease would (10.0.2.15/24 via 10.0.2.2).
+fn user_guest(dir: &TempDir, ns: &Netns, user_opts: &str) -> Proc {
+    let sock = dir.path("n.sock");
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    let d = start_netdevd(
+        &sock,
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            user_opts,
+            "--netdev",
+            "hubport,id=up,hubid=0,netdev=u",
+        ],
+    );
+    let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
+        .args(["--netns", &ns.name, "--qmp"])
+        .arg(&sock)
+        .args(["--id", "g", "--hub", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (ok, out) = sh(ns, "ip addr add 10.0.2.15/24 dev tap0 && ip link set tap0 up && ip route add default via 10.0.2.2");
+    assert!(ok, "{out}");
+    d
+}
+
+/// TCP from the namespace to servers on the host's loopback through 10.0.2.2: an HTTP
+/// download and an upload, checked byte for byte, and 200 connections at once.
+#[test]
+fn tcp_to_the_host_through_the_gateway() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("usertcp");
+    let ns = Netns::new("utcp");
+    let _d = user_guest(&dir, &ns, "user,id=u");
+    // An HTTP server with a 4 MiB file, on the host's loopback.
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _http = Proc {
+        child: Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out) = sh(
+        &ns,
+        &format!("busybox wget -q -O - http://10.0.2.2:{port}/blob | sha256sum"),
+    );
+    let want = Command::new("sha256sum")
+        .arg(www.join("blob"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&want.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ok && out.starts_with(&want),
+        "download differs: {out} vs {want}"
+    );
+    // An upload: 16 MiB from the namespace to a sink on the host.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sport = sink.local_addr().unwrap().port();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = sink.accept().unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        c.write_all(b"done").unwrap();
+        all
+    });
+    let (ok, out) = sh(
+        &ns,
+        &format!("python3 -c \"import socket; s=socket.create_connection(('10.0.2.2',{sport}),timeout=30); d=bytes(range(256))*65536; s.sendall(d); s.shutdown(1); print(s.recv(10))\""),
+    );
+    assert!(ok && out.contains("done"), "upload: {out}");
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), 16 << 20);
+    assert!(
+        got.chunks(256)
+            .all(|c| c.iter().enumerate().all(|(i, &b)| b == i as u8)),
+        "upload bytes differ"
+    );
+    // 200 connections at once, each echoing its own bytes.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let eport = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in echo.incoming().take(200) {
+            let Ok(mut c) = c else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let script = format!(
+        "import socket\nss=[socket.create_connection(('10.0.2.2',{eport}),timeout=30) for _ in range(200)]\nfor i,s in enumerate(ss): s.sendall(b'conn%05d'%i)\nok=sum(1 for i,s in enumerate(ss) if s.recv(20)==b'conn%05d'%i)\nprint(ok)\n"
+    );
+    std::fs::write(dir.path("many.py"), script).unwrap();
+    let (ok, out) = sh(&ns, &format!("python3 {}", dir.path("many.py").display()));
+    assert!(ok && out.trim() == "200", "concurrent connections: {out}");
+    // A port nobody listens on: the guest sees the refusal.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ok, out) = sh(&ns, &format!("python3 -c \"import socket; socket.create_connection(('10.0.2.2',{closed}),timeout=5)\""));
+    assert!(!ok && out.contains("refused"), "{out}");
+}

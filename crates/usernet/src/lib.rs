@@ -18,6 +18,7 @@
 pub mod config;
 pub mod dhcp;
 pub mod stack;
+pub mod tcp;
 
 pub use config::Config;
 pub use stack::{HostIo, Stack};

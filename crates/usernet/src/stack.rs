@@ -18,12 +18,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use netdevd_wire::packet::{
-    icmp_frame, udp_frame, Arp, Eth, Ipv4, Udp, ETHERTYPE_ARP, ETHERTYPE_IPV4, PROTO_ICMP,
-    PROTO_UDP,
+    icmp_frame, tcp_frame, udp_frame, Arp, Eth, Ipv4, Tcp, Udp, ETHERTYPE_ARP, ETHERTYPE_IPV4,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::config::Config;
 use crate::dhcp::DhcpServer;
+use crate::tcp::{Phase, TcpFlow, IDLE, RCV_BUF, RTO_MAX, RTO_MIN, SND_BUF};
 
 /// UDP flows at once.
 pub const MAX_UDP_FLOWS: usize = 4096;
@@ -46,7 +47,23 @@ pub trait HostIo {
     fn udp_open(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
     fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()>;
     fn udp_close(&mut self, id: FlowId);
+    /// Start a non-blocking TCP connect to `target` for flow `id`; the outcome goes to
+    /// [`Stack::tcp_connected`].
+    fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
+    /// Write what the socket takes now (0 when it is full).
+    fn tcp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize>;
+    /// Read; `Ok(0)` is end of stream, `WouldBlock` nothing now.
+    fn tcp_recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize>;
+    /// Shut the sending side (the guest sent FIN).
+    fn tcp_shutdown(&mut self, id: FlowId);
+    /// Close the socket; `abort` resets the connection.
+    fn tcp_close(&mut self, id: FlowId, abort: bool);
+    /// Watch the socket for reading and/or writing.
+    fn tcp_watch(&mut self, id: FlowId, read: bool, write: bool);
 }
+
+/// TCP flows at once; a SYN beyond that is answered with RST.
+pub const MAX_TCP_FLOWS: usize = 16384;
 
 #[derive(Debug, Clone, Copy)]
 struct UdpFlow {
@@ -76,6 +93,8 @@ pub struct Stack {
     to_guest: VecDeque<Vec<u8>>,
     flows: HashMap<FlowId, UdpFlow>,
     by_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    tcp: HashMap<FlowId, TcpFlow>,
+    by_tcp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     next_id: FlowId,
     ip_id: u16,
     last_expiry: Option<Instant>,
@@ -91,6 +110,8 @@ impl Stack {
             to_guest: VecDeque::new(),
             flows: HashMap::new(),
             by_key: HashMap::new(),
+            tcp: HashMap::new(),
+            by_tcp_key: HashMap::new(),
             next_id: 1,
             ip_id: 0,
             last_expiry: None,
@@ -100,6 +121,11 @@ impl Stack {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Whether frames wait for the guest.
+    pub fn has_frames(&self) -> bool {
+        !self.to_guest.is_empty()
     }
 
     /// The next frame for the guest.
@@ -174,6 +200,7 @@ impl Stack {
         };
         match ip.proto {
             PROTO_UDP => self.udp(eth, ip, payload, now, io),
+            PROTO_TCP => self.tcp_from_guest(ip, payload, now, io),
             PROTO_ICMP => self.icmp(eth, ip, payload),
             _ => self.drop_frame(),
         }
@@ -234,6 +261,12 @@ impl Stack {
         }
     }
 
+    fn alloc_id(&mut self) -> FlowId {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
     /// Where a guest datagram to `remote` goes on the host, if anywhere.
     fn target(&self, remote: SocketAddrV4) -> Option<SocketAddr> {
         let ip = *remote.ip();
@@ -266,8 +299,7 @@ impl Stack {
             self.stats.refused += 1;
             return None;
         }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.alloc_id();
         if let Err(e) = io.udp_open(id, target) {
             tracing::debug!("udp flow to {target} refused: {e}");
             self.stats.refused += 1;
@@ -357,6 +389,441 @@ impl Stack {
         self.push(f);
     }
 
+    pub fn tcp_flows(&self) -> usize {
+        self.tcp.len()
+    }
+
+    fn tcp_out(&mut self, remote: SocketAddrV4, guest: SocketAddrV4, t: Tcp, payload: &[u8]) {
+        let Some(mac) = self.guest_mac else { return };
+        let id = self.next_ip_id();
+        let ip = Ipv4 {
+            src: *remote.ip(),
+            dst: *guest.ip(),
+            proto: PROTO_TCP,
+            ttl: 64,
+            id,
+        };
+        let f = tcp_frame(
+            Eth {
+                dst: mac,
+                src: GATEWAY_MAC,
+                ethertype: ETHERTYPE_IPV4,
+            },
+            ip,
+            &t,
+            payload,
+        );
+        self.push(f);
+    }
+
+    /// Answer a segment that belongs to no connection with RST (RFC 793 "reset generation").
+    fn tcp_reset(&mut self, ip: &Ipv4, t: &Tcp, len: usize) {
+        if t.flags & Tcp::RST != 0 {
+            return;
+        }
+        let remote = SocketAddrV4::new(ip.dst, t.dst_port);
+        let guest = SocketAddrV4::new(ip.src, t.src_port);
+        let syn_fin = (t.flags & (Tcp::SYN | Tcp::FIN) != 0) as u32;
+        let r = if t.flags & Tcp::ACK != 0 {
+            Tcp {
+                src_port: t.dst_port,
+                dst_port: t.src_port,
+                seq: t.ack,
+                flags: Tcp::RST,
+                ..Tcp::default()
+            }
+        } else {
+            Tcp {
+                src_port: t.dst_port,
+                dst_port: t.src_port,
+                ack: t.seq.wrapping_add(len as u32).wrapping_add(syn_fin),
+                flags: Tcp::RST | Tcp::ACK,
+                ..Tcp::default()
+            }
+        };
+        self.tcp_out(remote, guest, r, &[]);
+    }
+
+    /// Where a guest connection to `remote` goes on the host, if anywhere.
+    fn tcp_target(&self, remote: SocketAddrV4) -> Option<SocketAddr> {
+        self.target(remote)
+    }
+
+    fn tcp_from_guest(&mut self, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
+        let Some((t, data)) = Tcp::parse(&ip, p) else {
+            return self.drop_frame();
+        };
+        let guest = SocketAddrV4::new(ip.src, t.src_port);
+        let remote = SocketAddrV4::new(ip.dst, t.dst_port);
+        let Some(&id) = self.by_tcp_key.get(&(guest, remote)) else {
+            if t.flags & (Tcp::SYN | Tcp::ACK | Tcp::RST) == Tcp::SYN {
+                return self.tcp_open(ip, t, now, io);
+            }
+            return self.tcp_reset(&ip, &t, data.len());
+        };
+        if t.flags & Tcp::RST != 0 {
+            io.tcp_close(id, true);
+            return self.tcp_forget(id);
+        }
+        let Some(f) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        f.last = now;
+        if t.flags & Tcp::SYN != 0 {
+            // A retransmitted SYN: answer again once connected.
+            if f.phase == Phase::Open {
+                self.tcp_synack(id);
+            }
+            return;
+        }
+        if f.phase == Phase::Connecting {
+            return;
+        }
+        if t.flags & Tcp::ACK != 0 {
+            let acked = t.ack.wrapping_sub(f.snd_una);
+            let sent = f.snd_nxt.wrapping_sub(f.snd_una);
+            if acked <= sent {
+                let data_acked = (acked as usize).min(f.sndbuf.len());
+                f.sndbuf.drain(..data_acked);
+                f.snd_una = t.ack;
+                if f.fin_seq.is_some_and(|s| t.ack == s.wrapping_add(1)) {
+                    f.fin_acked = true;
+                }
+                if acked > 0 {
+                    f.rto = RTO_MIN;
+                    f.rto_at = (f.snd_nxt != f.snd_una).then_some(now + f.rto);
+                }
+            }
+            f.guest_win = (t.window as u32) << f.guest_wscale.unwrap_or(0);
+        }
+        let mut ack_now = false;
+        if !data.is_empty() || t.flags & Tcp::FIN != 0 {
+            ack_now = true;
+            if t.seq == f.rcv_nxt && !f.guest_fin {
+                let room = RCV_BUF - f.to_host.len();
+                let take = data.len().min(room);
+                f.to_host.extend_from_slice(&data[..take]);
+                f.rcv_nxt = f.rcv_nxt.wrapping_add(take as u32);
+                if take == data.len() && t.flags & Tcp::FIN != 0 {
+                    f.rcv_nxt = f.rcv_nxt.wrapping_add(1);
+                    f.guest_fin = true;
+                }
+            }
+        }
+        self.tcp_flush_to_host(id, io);
+        if ack_now {
+            self.tcp_ack(id);
+        }
+        self.tcp_push(id, now, io);
+        self.tcp_maybe_done(id, io);
+    }
+
+    fn tcp_open(&mut self, ip: Ipv4, t: Tcp, now: Instant, io: &mut dyn HostIo) {
+        let guest = SocketAddrV4::new(ip.src, t.src_port);
+        let remote = SocketAddrV4::new(ip.dst, t.dst_port);
+        let target = if self.cfg.restrict {
+            None
+        } else {
+            self.tcp_target(remote)
+        };
+        let Some(target) = target else {
+            return self.tcp_reset(&ip, &t, 0);
+        };
+        if self.tcp.len() >= MAX_TCP_FLOWS {
+            self.stats.refused += 1;
+            return self.tcp_reset(&ip, &t, 0);
+        }
+        let id = self.alloc_id();
+        if io.tcp_connect(id, target).is_err() {
+            self.stats.refused += 1;
+            return self.tcp_reset(&ip, &t, 0);
+        }
+        let nanos = now.elapsed().as_nanos() as u32 ^ (id.wrapping_mul(2_654_435_761));
+        let isn = nanos ^ (self.ip_id as u32) << 16;
+        let mss = self.cfg.mtu.saturating_sub(40).max(536);
+        let flow = TcpFlow {
+            guest,
+            remote,
+            phase: Phase::Connecting,
+            isn,
+            rcv_nxt: t.seq.wrapping_add(1),
+            to_host: Vec::new(),
+            guest_fin: false,
+            host_shut: false,
+            snd_una: isn.wrapping_add(1),
+            snd_nxt: isn.wrapping_add(1),
+            sndbuf: VecDeque::new(),
+            host_eof: false,
+            fin_seq: None,
+            fin_acked: false,
+            guest_win: t.window as u32,
+            guest_wscale: t.wscale,
+            guest_mss: t.mss.unwrap_or(536).min(mss),
+            rto: RTO_MIN,
+            rto_at: None,
+            last: now,
+            reading: false,
+        };
+        self.tcp.insert(id, flow);
+        self.by_tcp_key.insert((guest, remote), id);
+    }
+
+    fn tcp_synack(&mut self, id: FlowId) {
+        let Some(f) = self.tcp.get(&id) else { return };
+        let t = Tcp {
+            src_port: f.remote.port(),
+            dst_port: f.guest.port(),
+            seq: f.isn,
+            ack: f.rcv_nxt,
+            flags: Tcp::SYN | Tcp::ACK,
+            window: f.our_window(),
+            mss: Some(self.cfg.mtu.saturating_sub(40)),
+            // Window scaling is on only if both offer it; ours is shift 0.
+            wscale: f.guest_wscale.map(|_| 0),
+        };
+        let (remote, guest) = (f.remote, f.guest);
+        self.tcp_out(remote, guest, t, &[]);
+    }
+
+    fn tcp_ack(&mut self, id: FlowId) {
+        let Some(f) = self.tcp.get(&id) else { return };
+        let t = Tcp {
+            src_port: f.remote.port(),
+            dst_port: f.guest.port(),
+            seq: f.snd_nxt,
+            ack: f.rcv_nxt,
+            flags: Tcp::ACK,
+            window: f.our_window(),
+            ..Tcp::default()
+        };
+        let (remote, guest) = (f.remote, f.guest);
+        self.tcp_out(remote, guest, t, &[]);
+    }
+
+    /// The host connect of flow `id` finished.
+    pub fn tcp_connected(&mut self, id: FlowId, ok: bool, now: Instant, io: &mut dyn HostIo) {
+        let Some(f) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        if !ok {
+            let t = Tcp {
+                src_port: f.remote.port(),
+                dst_port: f.guest.port(),
+                ack: f.rcv_nxt,
+                flags: Tcp::RST | Tcp::ACK,
+                ..Tcp::default()
+            };
+            let (remote, guest) = (f.remote, f.guest);
+            self.tcp_out(remote, guest, t, &[]);
+            io.tcp_close(id, true);
+            return self.tcp_forget(id);
+        }
+        f.phase = Phase::Open;
+        f.last = now;
+        f.reading = true;
+        io.tcp_watch(id, true, false);
+        self.tcp_synack(id);
+    }
+
+    /// The host socket of flow `id` has data (or end of stream, or an error).
+    pub fn tcp_readable(&mut self, id: FlowId, now: Instant, io: &mut dyn HostIo) {
+        let mut buf = [0u8; 65536];
+        loop {
+            let Some(f) = self.tcp.get_mut(&id) else {
+                return;
+            };
+            if f.host_eof || f.phase != Phase::Open {
+                break;
+            }
+            let room = SND_BUF - f.sndbuf.len();
+            if room == 0 {
+                f.reading = false;
+                io.tcp_watch(id, false, !f.to_host.is_empty());
+                break;
+            }
+            let want = room.min(buf.len());
+            match io.tcp_recv(id, &mut buf[..want]) {
+                Ok(0) => {
+                    f.host_eof = true;
+                    f.reading = false;
+                    io.tcp_watch(id, false, !f.to_host.is_empty());
+                }
+                Ok(n) => {
+                    f.sndbuf.extend(&buf[..n]);
+                    f.last = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // The host connection broke: reset the guest's.
+                    let t = Tcp {
+                        src_port: f.remote.port(),
+                        dst_port: f.guest.port(),
+                        seq: f.snd_nxt,
+                        flags: Tcp::RST,
+                        ..Tcp::default()
+                    };
+                    let (remote, guest) = (f.remote, f.guest);
+                    self.tcp_out(remote, guest, t, &[]);
+                    io.tcp_close(id, true);
+                    return self.tcp_forget(id);
+                }
+            }
+        }
+        self.tcp_push(id, now, io);
+        self.tcp_maybe_done(id, io);
+    }
+
+    /// The host socket of flow `id` can take more.
+    pub fn tcp_writable(&mut self, id: FlowId, now: Instant, io: &mut dyn HostIo) {
+        let before = self.tcp.get(&id).map(|f| f.to_host.len()).unwrap_or(0);
+        self.tcp_flush_to_host(id, io);
+        let after = self.tcp.get(&id).map(|f| f.to_host.len()).unwrap_or(0);
+        // The window opened: tell the guest.
+        if after < before {
+            self.tcp_ack(id);
+        }
+        self.tcp_push(id, now, io);
+        self.tcp_maybe_done(id, io);
+    }
+
+    fn tcp_flush_to_host(&mut self, id: FlowId, io: &mut dyn HostIo) {
+        let Some(f) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        if f.phase != Phase::Open {
+            return;
+        }
+        while !f.to_host.is_empty() {
+            match io.tcp_send(id, &f.to_host) {
+                Ok(0) => break,
+                Ok(n) => {
+                    f.to_host.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+        if f.to_host.is_empty() && f.guest_fin && !f.host_shut {
+            f.host_shut = true;
+            io.tcp_shutdown(id);
+        }
+        io.tcp_watch(id, f.reading, !f.to_host.is_empty());
+    }
+
+    /// Send what the guest's window allows; a FIN after the last byte once the host is done.
+    fn tcp_push(&mut self, id: FlowId, now: Instant, io: &mut dyn HostIo) {
+        let mut out: Vec<(Tcp, Vec<u8>)> = Vec::new();
+        let Some(f) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        if f.phase != Phase::Open {
+            return;
+        }
+        let mss = f.guest_mss.max(1) as usize;
+        loop {
+            let in_flight = f.in_flight() as usize;
+            let unsent = f.sndbuf.len().saturating_sub(in_flight);
+            let window = (f.guest_win as usize).saturating_sub(in_flight);
+            let n = unsent.min(window).min(mss);
+            if n == 0 {
+                break;
+            }
+            let start = in_flight;
+            let payload: Vec<u8> = f.sndbuf.range(start..start + n).copied().collect();
+            let t = Tcp {
+                src_port: f.remote.port(),
+                dst_port: f.guest.port(),
+                seq: f.snd_nxt,
+                ack: f.rcv_nxt,
+                flags: Tcp::ACK | Tcp::PSH,
+                window: f.our_window(),
+                ..Tcp::default()
+            };
+            f.snd_nxt = f.snd_nxt.wrapping_add(n as u32);
+            out.push((t, payload));
+            if self.to_guest.len() + out.len() >= TO_GUEST_CAP {
+                break;
+            }
+        }
+        if f.host_eof && f.fin_seq.is_none() && f.in_flight() as usize == f.sndbuf.len() {
+            let t = Tcp {
+                src_port: f.remote.port(),
+                dst_port: f.guest.port(),
+                seq: f.snd_nxt,
+                ack: f.rcv_nxt,
+                flags: Tcp::ACK | Tcp::FIN,
+                window: f.our_window(),
+                ..Tcp::default()
+            };
+            f.fin_seq = Some(f.snd_nxt);
+            f.snd_nxt = f.snd_nxt.wrapping_add(1);
+            out.push((t, Vec::new()));
+        }
+        if !out.is_empty() && f.rto_at.is_none() {
+            f.rto_at = Some(now + f.rto);
+        }
+        // Room again in the buffer: read the host socket again.
+        if !f.reading && !f.host_eof && f.sndbuf.len() < SND_BUF / 2 {
+            f.reading = true;
+            io.tcp_watch(id, true, !f.to_host.is_empty());
+        }
+        let (remote, guest) = (f.remote, f.guest);
+        for (t, p) in out {
+            self.tcp_out(remote, guest, t, &p);
+        }
+    }
+
+    fn tcp_maybe_done(&mut self, id: FlowId, io: &mut dyn HostIo) {
+        if self.tcp.get(&id).is_some_and(|f| f.done()) {
+            io.tcp_close(id, false);
+            self.tcp_forget(id);
+        }
+    }
+
+    fn tcp_forget(&mut self, id: FlowId) {
+        if let Some(f) = self.tcp.remove(&id) {
+            self.by_tcp_key.remove(&(f.guest, f.remote));
+        }
+    }
+
+    /// Retransmissions and idle connections. Call when [`Stack::next_deadline`] passes.
+    pub fn tcp_timers(&mut self, now: Instant, io: &mut dyn HostIo) {
+        let due: Vec<FlowId> = self
+            .tcp
+            .iter()
+            .filter(|(_, f)| f.rto_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(f) = self.tcp.get_mut(&id) else {
+                continue;
+            };
+            // Go back to the oldest unacknowledged byte and send again.
+            f.snd_nxt = f.snd_una;
+            if !f.fin_acked {
+                f.fin_seq = None;
+            }
+            f.rto = (f.rto * 2).min(RTO_MAX);
+            f.rto_at = None;
+            self.tcp_push(id, now, io);
+        }
+        let idle: Vec<FlowId> = self
+            .tcp
+            .iter()
+            .filter(|(_, f)| now.duration_since(f.last) >= IDLE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            io.tcp_close(id, true);
+            self.tcp_forget(id);
+        }
+    }
+
+    /// When [`Stack::tcp_timers`] next has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.tcp.values().filter_map(|f| f.rto_at).min()
+    }
+
     /// Close flows idle for too long (checked at most once a second).
     pub fn expire(&mut self, now: Instant, io: &mut dyn HostIo) {
         if self
@@ -384,14 +851,19 @@ impl Stack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tcp::RTO_MIN;
     use std::collections::BTreeMap;
 
-    /// A fake host: remembers what was opened and sent.
+    /// A fake host: remembers what was opened and sent; serves `inbox` to reads.
     #[derive(Default)]
     struct FakeHost {
         open: BTreeMap<FlowId, SocketAddr>,
         sent: Vec<(FlowId, Vec<u8>)>,
         closed: Vec<FlowId>,
+        inbox: Vec<u8>,
+        eof: bool,
+        shut: Vec<FlowId>,
+        aborted: Vec<FlowId>,
     }
 
     impl HostIo for FakeHost {
@@ -407,6 +879,38 @@ mod tests {
             self.open.remove(&id);
             self.closed.push(id);
         }
+        fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()> {
+            self.open.insert(id, target);
+            Ok(())
+        }
+        fn tcp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize> {
+            self.sent.push((id, data.to_vec()));
+            Ok(data.len())
+        }
+        fn tcp_recv(&mut self, _id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+            if self.inbox.is_empty() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.inbox.len());
+            buf[..n].copy_from_slice(&self.inbox[..n]);
+            self.inbox.drain(..n);
+            Ok(n)
+        }
+        fn tcp_shutdown(&mut self, id: FlowId) {
+            self.shut.push(id);
+        }
+        fn tcp_close(&mut self, id: FlowId, abort: bool) {
+            self.open.remove(&id);
+            self.closed.push(id);
+            if abort {
+                self.aborted.push(id);
+            }
+        }
+        fn tcp_watch(&mut self, _id: FlowId, _read: bool, _write: bool) {}
     }
 
     const GUEST: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -593,6 +1097,203 @@ mod tests {
         }
         assert_eq!(s.udp_flows(), MAX_UDP_FLOWS);
         assert_eq!(s.stats.refused, 10);
+    }
+
+    fn guest_tcp(t: Tcp, data: &[u8]) -> Vec<u8> {
+        let ip = Ipv4 {
+            src: Ipv4Addr::new(10, 0, 2, 15),
+            dst: Ipv4Addr::new(10, 0, 2, 2),
+            proto: PROTO_TCP,
+            ttl: 64,
+            id: 1,
+        };
+        tcp_frame(
+            Eth {
+                dst: GATEWAY_MAC,
+                src: GUEST,
+                ethertype: ETHERTYPE_IPV4,
+            },
+            ip,
+            &t,
+            data,
+        )
+    }
+
+    /// Every TCP segment queued for the guest.
+    fn to_guest_tcp(s: &mut Stack) -> Vec<(Tcp, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(f) = s.pop_frame() {
+            let (_, rest) = Eth::parse(&f).unwrap();
+            let (ip, p) = Ipv4::parse(rest).unwrap();
+            if ip.proto == PROTO_TCP {
+                let (t, d) = Tcp::parse(&ip, p).unwrap();
+                out.push((t, d.to_vec()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tcp_connection_both_ways_and_close() {
+        let mut s = stack();
+        let mut h = FakeHost::default();
+        let now = Instant::now();
+        let syn = Tcp {
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1000,
+            flags: Tcp::SYN,
+            window: 64240,
+            mss: Some(1460),
+            wscale: Some(7),
+            ..Tcp::default()
+        };
+        s.from_guest(&guest_tcp(syn, b""), now, &mut h);
+        let (&id, &target) = h.open.iter().next().unwrap();
+        assert_eq!(target, "127.0.0.1:80".parse().unwrap());
+        assert!(
+            to_guest_tcp(&mut s).is_empty(),
+            "no SYN-ACK before the host connect succeeds"
+        );
+        s.tcp_connected(id, true, now, &mut h);
+        let out = to_guest_tcp(&mut s);
+        let (sa, _) = out[0];
+        assert_eq!(sa.flags, Tcp::SYN | Tcp::ACK);
+        assert_eq!(sa.ack, 1001);
+        assert_eq!((sa.mss, sa.wscale), (Some(1460), Some(0)));
+        let mut ours = sa.seq.wrapping_add(1);
+        // Guest data reaches the host and is acknowledged.
+        let ack = Tcp {
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1001,
+            ack: ours,
+            flags: Tcp::ACK | Tcp::PSH,
+            window: 1000,
+            ..Tcp::default()
+        };
+        s.from_guest(&guest_tcp(ack, b"GET /"), now, &mut h);
+        assert_eq!(h.sent.last().unwrap(), &(id, b"GET /".to_vec()));
+        assert_eq!(to_guest_tcp(&mut s).last().unwrap().0.ack, 1006);
+        // Host data reaches the guest, cut to its MSS, within its window (1000 << 7).
+        h.inbox = vec![7u8; 3000];
+        s.tcp_readable(id, now, &mut h);
+        let segs = to_guest_tcp(&mut s);
+        assert_eq!(
+            segs.iter().map(|(_, d)| d.len()).collect::<Vec<_>>(),
+            vec![1460, 1460, 80]
+        );
+        assert_eq!(segs[0].0.seq, ours);
+        // Nothing acknowledged: the retransmission timer sends it all again.
+        assert!(s.next_deadline().is_some());
+        s.tcp_timers(now + RTO_MIN, &mut h);
+        let again = to_guest_tcp(&mut s);
+        assert_eq!(
+            again[0].0.seq, ours,
+            "go back to the oldest unacknowledged byte"
+        );
+        ours = ours.wrapping_add(3000);
+        // The guest acknowledges; the host closes: FIN follows the data.
+        h.eof = true;
+        let ack = Tcp {
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1006,
+            ack: ours,
+            flags: Tcp::ACK,
+            window: 1000,
+            ..Tcp::default()
+        };
+        s.from_guest(&guest_tcp(ack, b""), now, &mut h);
+        s.tcp_readable(id, now, &mut h);
+        let fin = to_guest_tcp(&mut s);
+        assert!(fin
+            .iter()
+            .any(|(t, _)| t.flags & Tcp::FIN != 0 && t.seq == ours));
+        // The guest acknowledges the FIN and sends its own: the host's side is shut, the flow goes.
+        let finack = Tcp {
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1006,
+            ack: ours.wrapping_add(1),
+            flags: Tcp::ACK | Tcp::FIN,
+            window: 1000,
+            ..Tcp::default()
+        };
+        s.from_guest(&guest_tcp(finack, b""), now, &mut h);
+        assert_eq!(h.shut, vec![id]);
+        assert_eq!(s.tcp_flows(), 0);
+        assert!(h.closed.contains(&id) && !h.aborted.contains(&id));
+    }
+
+    #[test]
+    fn tcp_refusals_and_resets() {
+        let mut s = stack();
+        let mut h = FakeHost::default();
+        let now = Instant::now();
+        let syn = Tcp {
+            src_port: 40001,
+            dst_port: 81,
+            seq: 5,
+            flags: Tcp::SYN,
+            window: 100,
+            ..Tcp::default()
+        };
+        s.from_guest(&guest_tcp(syn, b""), now, &mut h);
+        let id = *h.open.keys().next().unwrap();
+        // The host refuses: the guest gets RST.
+        s.tcp_connected(id, false, now, &mut h);
+        let r = to_guest_tcp(&mut s);
+        assert!(r[0].0.flags & Tcp::RST != 0 && r[0].0.ack == 6);
+        assert_eq!(s.tcp_flows(), 0);
+        // A segment of no connection gets RST.
+        let stray = Tcp {
+            src_port: 40002,
+            dst_port: 82,
+            seq: 9,
+            ack: 77,
+            flags: Tcp::ACK,
+            window: 100,
+            ..Tcp::default()
+        };
+        s.from_guest(&guest_tcp(stray, b"x"), now, &mut h);
+        let r = to_guest_tcp(&mut s);
+        assert_eq!((r[0].0.flags, r[0].0.seq), (Tcp::RST, 77));
+        // A guest RST aborts the host connection.
+        s.from_guest(
+            &guest_tcp(
+                Tcp {
+                    src_port: 40003,
+                    ..syn
+                },
+                b"",
+            ),
+            now,
+            &mut h,
+        );
+        let id = *h.open.keys().next().unwrap();
+        s.tcp_connected(id, true, now, &mut h);
+        s.from_guest(
+            &guest_tcp(
+                Tcp {
+                    src_port: 40003,
+                    flags: Tcp::RST,
+                    seq: 6,
+                    ..syn
+                },
+                b"",
+            ),
+            now,
+            &mut h,
+        );
+        assert!(h.aborted.contains(&id));
+        // restrict: every connection is refused.
+        let mut r = Stack::new(Config {
+            restrict: true,
+            ..Config::default()
+        });
+        r.from_guest(&guest_tcp(syn, b""), now, &mut h);
+        assert!(to_guest_tcp(&mut r)[0].0.flags & Tcp::RST != 0);
     }
 
     proptest::proptest! {

@@ -306,8 +306,178 @@ mod tests {
                 let _ = Arp::parse(rest);
                 if let Some((ip, p)) = Ipv4::parse(rest) {
                     let _ = Udp::parse(&ip, p);
+                    let _ = Tcp::parse(&ip, p);
                 }
             }
+        }
+    }
+}
+
+/// A TCP header (RFC 793) with the options the user-mode stack uses (MSS, window scale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tcp {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10.
+    pub flags: u8,
+    pub window: u16,
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+}
+
+impl Tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+
+    /// Parse a segment; returns the header and the payload. The checksum must verify.
+    pub fn parse<'a>(ip: &Ipv4, p: &'a [u8]) -> Option<(Tcp, &'a [u8])> {
+        let h = p.get(..20)?;
+        let hlen = (h[12] >> 4) as usize * 4;
+        if hlen < 20 || hlen > p.len() {
+            return None;
+        }
+        let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_TCP, p.len());
+        if crate::checksum::fold(sum(p, ps)) != 0xffff {
+            return None;
+        }
+        let mut t = Tcp {
+            src_port: u16::from_be_bytes([h[0], h[1]]),
+            dst_port: u16::from_be_bytes([h[2], h[3]]),
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            flags: h[13],
+            window: u16::from_be_bytes([h[14], h[15]]),
+            mss: None,
+            wscale: None,
+        };
+        let mut opts = &p[20..hlen];
+        while let Some((&kind, rest)) = opts.split_first() {
+            match kind {
+                0 => break,
+                1 => {
+                    opts = rest;
+                    continue;
+                }
+                _ => {}
+            }
+            let (&len, _) = rest.split_first()?;
+            let len = len as usize;
+            if len < 2 || len > opts.len() {
+                return None;
+            }
+            let val = &opts[2..len];
+            match (kind, val.len()) {
+                (2, 2) => t.mss = Some(u16::from_be_bytes([val[0], val[1]])),
+                (3, 1) => t.wscale = Some(val[0].min(14)),
+                _ => {}
+            }
+            opts = &opts[len..];
+        }
+        Some((t, &p[hlen..]))
+    }
+}
+
+/// A whole Ethernet + IPv4 + TCP frame.
+pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
+    let mut opts = Vec::new();
+    if let Some(m) = tcp.mss {
+        opts.extend_from_slice(&[2, 4]);
+        opts.extend_from_slice(&m.to_be_bytes());
+    }
+    if let Some(w) = tcp.wscale {
+        opts.extend_from_slice(&[1, 3, 3, w]);
+    }
+    let hlen = 20 + opts.len();
+    let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + payload.len());
+    eth.write(&mut f);
+    ip.write(hlen + payload.len(), &mut f);
+    let t = f.len();
+    f.extend_from_slice(&tcp.src_port.to_be_bytes());
+    f.extend_from_slice(&tcp.dst_port.to_be_bytes());
+    f.extend_from_slice(&tcp.seq.to_be_bytes());
+    f.extend_from_slice(&tcp.ack.to_be_bytes());
+    f.push(((hlen / 4) as u8) << 4);
+    f.push(tcp.flags);
+    f.extend_from_slice(&tcp.window.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(&opts);
+    f.extend_from_slice(payload);
+    let ps = pseudo_v4(
+        &ip.src.octets(),
+        &ip.dst.octets(),
+        PROTO_TCP,
+        hlen + payload.len(),
+    );
+    let c = finish(sum(&f[t..], ps));
+    f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+    f
+}
+
+#[cfg(test)]
+mod tcp_tests {
+    use super::*;
+
+    #[test]
+    fn tcp_round_trip_with_options() {
+        let eth = Eth {
+            dst: [1; 6],
+            src: [2; 6],
+            ethertype: ETHERTYPE_IPV4,
+        };
+        let ip = Ipv4 {
+            src: Ipv4Addr::new(10, 0, 2, 2),
+            dst: Ipv4Addr::new(10, 0, 2, 15),
+            proto: PROTO_TCP,
+            ttl: 64,
+            id: 1,
+        };
+        let t = Tcp {
+            src_port: 80,
+            dst_port: 40000,
+            seq: 7,
+            ack: 9,
+            flags: Tcp::SYN | Tcp::ACK,
+            window: 65535,
+            mss: Some(1460),
+            wscale: Some(7),
+        };
+        let f = tcp_frame(eth, ip, &t, b"");
+        let (_, rest) = Eth::parse(&f).unwrap();
+        let (i, p) = Ipv4::parse(rest).unwrap();
+        let (t2, data) = Tcp::parse(&i, p).unwrap();
+        assert_eq!(t2, t);
+        assert!(data.is_empty());
+        let f = tcp_frame(
+            eth,
+            ip,
+            &Tcp {
+                flags: Tcp::ACK | Tcp::PSH,
+                ..t
+            }
+            .without_options(),
+            b"payload",
+        );
+        let (_, rest) = Eth::parse(&f).unwrap();
+        let (i, p) = Ipv4::parse(rest).unwrap();
+        assert_eq!(Tcp::parse(&i, p).unwrap().1, b"payload");
+    }
+}
+
+impl Tcp {
+    /// The same header without options (data segments).
+    pub fn without_options(self) -> Tcp {
+        Tcp {
+            mss: None,
+            wscale: None,
+            ..self
         }
     }
 }
