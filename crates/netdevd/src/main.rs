@@ -76,8 +76,9 @@ fn main() -> ExitCode {
 /// The TCP port the default socket listener tries first.
 const DEFAULT_SOCKET_PORT: u16 = 5540;
 
-/// The built-in default: a QMP socket and a virtual switch (hub 0) with a socket listener
-/// and a stream listener for VMs.
+/// The built-in default: a QMP socket and a virtual switch (hub 0) with a user-mode network
+/// (DHCP, DNS, NAT to the host's network as QEMU's `-netdev user`), a socket listener and a
+/// stream listener for VMs.
 fn apply_defaults(opts: &mut Options) -> anyhow::Result<()> {
     let qmp = cli::default_qmp_path();
     let dir = qmp
@@ -93,6 +94,8 @@ fn apply_defaults(opts: &mut Options) -> anyhow::Result<()> {
         Err(_) => 0,
     };
     opts.netdevs.extend([
+        "user,id=user0".to_string(),
+        "hubport,id=hub0-user0,hubid=0,netdev=user0".into(),
         format!("socket,id=vm0,listen=127.0.0.1:{port}"),
         "hubport,id=hub0-vm0,hubid=0,netdev=vm0".into(),
         format!(
@@ -173,7 +176,9 @@ fn announce_startup(opts: &Options, bound: &[QmpAddr], daemon: &Daemon) {
         let sock_hostport = sock.trim_start_matches("tcp:");
         let stream_path = stream.trim_start_matches("unix:");
         println!(
-            "netdevd: default configuration: a virtual switch (hub 0) with two VM ports.\n\
+            "netdevd: default configuration: a virtual switch (hub 0) with a user-mode network\n\
+             (QEMU's -netdev user: DHCP from 10.0.2.15, gateway 10.0.2.2 = this host, DNS 10.0.2.3)\n\
+             and two VM ports.\n\
              Attach a VM to each port with QEMU's own netdevs (one VM per port at a time):\n\
              \x20 qemu-system-x86_64 ... -netdev socket,id=net0,connect={sock_hostport} -device virtio-net-pci,netdev=net0\n\
              \x20 qemu-system-x86_64 ... -netdev stream,id=net0,server=off,addr.type=unix,addr.path={stream_path} -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:57\n\

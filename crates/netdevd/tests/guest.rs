@@ -186,3 +186,97 @@ impl StdoutLines for std::process::Child {
         lines
     }
 }
+
+/// A real guest on a hub with the user netdev: it gets a DHCP lease from netdevd and
+/// fetches a file over HTTP from a server on the host's loopback, through 10.0.2.2.
+#[test]
+fn guest_gets_a_lease_and_fetches_a_file_from_the_host() {
+    let dir = TempDir::new("guest-user");
+    let blob: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("file"), &blob).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _http = common::Proc {
+        child: std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    let vm = dir.path("vm.sock");
+    let _nd = start_netdevd(
+        &dir.path("n.sock"),
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            "user,id=u,hostname=guest9",
+            "--netdev",
+            "hubport,id=pu,hubid=0,netdev=u",
+            "--netdev",
+            &format!(
+                "stream,id=vm,server=on,addr.type=unix,addr.path={}",
+                vm.display()
+            ),
+            "--netdev",
+            "hubport,id=pv,hubid=0,netdev=vm",
+        ],
+    );
+    let script = format!(
+        r#"#!/bin/sh
+printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip $router $dns $hostname"\n' > /tmp/dhcp.sh
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 10 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
+wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
+echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
+echo "NETDEVD-TEST PASS"
+"#
+    );
+    let mut g = Guest::boot(
+        "g",
+        &dir.0,
+        &format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            vm.display()
+        ),
+        "52:54:00:12:34:77",
+        &script,
+    );
+    let lease = g.wait_for("LEASE ", BOOT);
+    assert_eq!(lease, "LEASE 10.0.2.15 10.0.2.2 10.0.2.3 guest9");
+    let md5 = g.wait_for("MD5 ", BOOT);
+    let want = std::process::Command::new("md5sum")
+        .arg(www.join("file"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&want.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(md5, format!("MD5 {want}"));
+    g.wait_for("NETDEVD-TEST PASS", BOOT);
+    assert_eq!(
+        g.wait_for("NETDEVD-GUEST EXIT", BOOT),
+        "NETDEVD-GUEST EXIT 0"
+    );
+}
