@@ -17,7 +17,7 @@ use rustix::net::{self as rnet, AddressFamily, SocketFlags, SocketType};
 
 use netdevd_core::frame::Frame;
 use netdevd_core::net::{Endpoint, Rx};
-use netdevd_usernet::stack::FlowId;
+use netdevd_usernet::stack::{FlowId, FIRST_DRIVER_ID};
 use netdevd_usernet::{Config, HostIo, Stack};
 
 use crate::{Backend, Events, Interest, Ready, Registration};
@@ -44,11 +44,19 @@ impl Sock {
     }
 }
 
+/// A listening socket of a TCP `hostfwd` rule.
+struct Forward {
+    listener: OwnedFd,
+    guest: std::net::SocketAddrV4,
+}
+
 /// The backend.
 pub struct UserBackend {
     reg: Registration,
     stack: Stack,
     socks: HashMap<FlowId, Sock>,
+    /// Listeners of the TCP forwards; sub `FIRST_DRIVER_ID + index`.
+    forwards: Vec<Forward>,
     events: Events,
     buf: Vec<u8>,
     info: String,
@@ -170,21 +178,91 @@ impl HostIo for Host<'_> {
 }
 
 impl UserBackend {
-    pub fn new(reg: Registration, cfg: Config) -> Self {
+    /// The backend, with its forwarded host ports listening.
+    pub fn new(reg: Registration, cfg: Config) -> Result<Self, crate::BackendError> {
         let info = format!(
             "net={}/{},host={},dns={}",
             cfg.net, cfg.prefix, cfg.host, cfg.dns
         );
-        UserBackend {
+        let mut forwards = Vec::new();
+        for (i, f) in cfg.hostfwd.iter().enumerate() {
+            let fail = || {
+                crate::BackendError::Msg(format!(
+                    "Could not set up host forwarding rule '{}'",
+                    f.rule
+                ))
+            };
+            if f.udp {
+                return Err(crate::BackendError::Msg(format!(
+                    "UDP host forwarding ('{}') is not available in netdevd yet",
+                    f.rule
+                )));
+            }
+            let l = rnet::socket_with(
+                AddressFamily::INET,
+                SocketType::STREAM,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|_| fail())?;
+            rnet::sockopt::set_socket_reuseaddr(&l, true).map_err(|_| fail())?;
+            rnet::bind(&l, &f.host).map_err(|_| fail())?;
+            rnet::listen(&l, 64).map_err(|_| fail())?;
+            reg.add(l.as_fd(), FIRST_DRIVER_ID + i as u32, Interest::READ)
+                .map_err(|_| fail())?;
+            forwards.push(Forward {
+                listener: l,
+                guest: f.guest,
+            });
+        }
+        Ok(UserBackend {
             reg,
             stack: Stack::new(cfg),
             socks: HashMap::new(),
+            forwards,
             events: Events {
                 link: Some(true),
                 drained: false,
             },
             buf: vec![0u8; 65536],
             info,
+        })
+    }
+
+    /// A forwarded port has connections waiting: each becomes a flow into the guest.
+    fn accept(&mut self, idx: usize) {
+        let now = Instant::now();
+        for _ in 0..64 {
+            let Some(fw) = self.forwards.get(idx) else {
+                return;
+            };
+            let fd = match rnet::acceptfrom_with(
+                &fw.listener,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
+                Ok((fd, addr)) => (fd, addr),
+                Err(_) => return,
+            };
+            let (fd, addr) = fd;
+            let port = addr
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                .map(|a| a.port())
+                .unwrap_or(0);
+            let guest = fw.guest;
+            let Some(id) = self.stack.tcp_inbound(guest, port, now) else {
+                continue;
+            };
+            let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
+            if self.reg.add(fd.as_fd(), id, Interest::NONE).is_ok() {
+                self.socks.insert(
+                    id,
+                    Sock::Tcp {
+                        fd,
+                        connecting: false,
+                        interest: Interest::NONE,
+                    },
+                );
+            }
         }
     }
 }
@@ -204,11 +282,17 @@ impl Endpoint for UserBackend {
         for (_, s) in self.socks.drain() {
             self.reg.remove(s.fd());
         }
+        for f in self.forwards.drain(..) {
+            self.reg.remove(f.listener.as_fd());
+        }
     }
 }
 
 impl Backend for UserBackend {
     fn ready(&mut self, sub: u32, r: Ready) {
+        if sub >= FIRST_DRIVER_ID {
+            return self.accept((sub - FIRST_DRIVER_ID) as usize);
+        }
         let now = Instant::now();
         match self.socks.get_mut(&sub) {
             Some(Sock::Udp(_)) => {

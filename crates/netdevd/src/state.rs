@@ -292,7 +292,8 @@ impl State {
                 TapBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
             )),
             BackendKind::User(c) => Rc::new(RefCell::new(
-                netdevd_backends::user::UserBackend::new(reg, c),
+                netdevd_backends::user::UserBackend::new(reg, c)
+                    .map_err(|e| QmpError::generic(e.to_string()))?,
             )),
         };
         let id = self

@@ -8,6 +8,7 @@ use std::path::Path;
 use netdevd_backends::addr::inet_aton;
 use netdevd_qapi::NetdevUserOptions;
 use netdevd_qmp::QmpError;
+use netdevd_usernet::config::HostFwd;
 use netdevd_usernet::Config;
 
 fn err(s: impl Into<String>) -> QmpError {
@@ -68,10 +69,67 @@ fn parse_net(s: &str) -> Result<(Ipv4Addr, u8), QmpError> {
     Ok((Ipv4Addr::from(u32::from(a) & mask), prefix))
 }
 
+/// A whole field as a C base-0 integer (`qemu_strtoi`).
+fn int_field(s: &str) -> Option<i64> {
+    netdevd_backends::addr::strtol_prefix(s).filter(|_| {
+        let t = s.trim_start_matches(['-', '+']);
+        let digits = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            h.chars().all(|c| c.is_ascii_hexdigit()) && !h.is_empty()
+        } else {
+            !t.is_empty() && t.chars().all(|c| c.is_ascii_digit())
+        };
+        digits
+    })
+}
+
+/// One `hostfwd` rule, `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, with QEMU's
+/// reasons (`net/slirp.c` `slirp_hostfwd`).
+fn parse_hostfwd(rule: &str, dhcp_start: Ipv4Addr) -> Result<HostFwd, QmpError> {
+    let fail = |why: &str| err(format!("Invalid host forwarding rule '{rule}' ({why})"));
+    let (proto, rest) = rule
+        .split_once(':')
+        .ok_or_else(|| fail("No : separators"))?;
+    let udp = match proto {
+        "" | "tcp" => false,
+        "udp" => true,
+        _ => return Err(fail("Bad protocol name")),
+    };
+    let (haddr, rest) = rest
+        .split_once(':')
+        .ok_or_else(|| fail("Missing : separator"))?;
+    let host_ip = if haddr.is_empty() {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        inet_aton(haddr).ok_or_else(|| fail("Bad host address"))?
+    };
+    let (hport, rest) = rest
+        .split_once('-')
+        .ok_or_else(|| fail("Bad host port separator"))?;
+    let host_port = int_field(hport)
+        .filter(|p| (0..=65535).contains(p))
+        .ok_or_else(|| fail("Bad host port"))?;
+    let (gaddr, gport) = rest
+        .split_once(':')
+        .ok_or_else(|| fail("Missing guest address"))?;
+    let guest_ip = if gaddr.is_empty() {
+        dhcp_start
+    } else {
+        inet_aton(gaddr).ok_or_else(|| fail("Bad guest address"))?
+    };
+    let guest_port = int_field(gport)
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| fail("Bad guest port"))?;
+    Ok(HostFwd {
+        udp,
+        host: std::net::SocketAddrV4::new(host_ip, host_port as u16),
+        guest: std::net::SocketAddrV4::new(guest_ip, guest_port as u16),
+        rule: rule.to_string(),
+    })
+}
+
 /// The stack's config for these options. `resolv_conf` names the upstream resolvers.
 pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpError> {
     for (given, name) in [
-        (o.hostfwd.is_some(), "hostfwd"),
         (o.guestfwd.is_some(), "guestfwd"),
         (o.tftp.is_some(), "tftp"),
         (o.smb.is_some(), "smb"),
@@ -178,6 +236,11 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
     c.tftp_server_name = o.tftp_server_name.clone();
     c.dns_upstream =
         Config::parse_resolv_conf(&std::fs::read_to_string(resolv_conf).unwrap_or_default());
+    // QEMU installs the rules last to first; the first failure is the one reported.
+    for r in o.hostfwd.iter().flatten().rev() {
+        c.hostfwd.push(parse_hostfwd(&r.str, c.dhcp_start)?);
+    }
+    c.hostfwd.reverse();
     Ok(c)
 }
 
@@ -283,5 +346,37 @@ mod tests {
             cfg(serde_json::json!({"dns": "10.9.9.9"})).is_ok(),
             "dns outside the network is fine unrestricted"
         );
+    }
+
+    #[test]
+    fn hostfwd_rules() {
+        let d = Ipv4Addr::new(10, 0, 2, 15);
+        let f = parse_hostfwd("tcp::2222-:22", d).unwrap();
+        assert_eq!(
+            (f.udp, f.host.port(), *f.guest.ip(), f.guest.port()),
+            (false, 2222, d, 22)
+        );
+        let f = parse_hostfwd("udp:127.0.0.1:0x10-10.0.2.9:53", d).unwrap();
+        assert_eq!(
+            (f.udp, *f.host.ip(), f.host.port(), *f.guest.ip()),
+            (true, Ipv4Addr::LOCALHOST, 16, Ipv4Addr::new(10, 0, 2, 9))
+        );
+        for (r, why) in [
+            ("tcp", "No : separators"),
+            ("sctp::1-:2", "Bad protocol name"),
+            ("tcp:1", "Missing : separator"),
+            ("tcp:x:1-:2", "Bad host address"),
+            ("tcp::1:2", "Bad host port separator"),
+            ("tcp::70000-:2", "Bad host port"),
+            ("tcp::1-2", "Missing guest address"),
+            ("tcp::1-y:2", "Bad guest address"),
+            ("tcp::1-:0", "Bad guest port"),
+            ("tcp::1-:70000", "Bad guest port"),
+        ] {
+            assert_eq!(
+                parse_hostfwd(r, d).unwrap_err().desc,
+                format!("Invalid host forwarding rule '{r}' ({why})")
+            );
+        }
     }
 }

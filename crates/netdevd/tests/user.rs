@@ -278,3 +278,71 @@ fn tcp_to_the_host_through_the_gateway() {
     let (ok, out) = sh(&ns, &format!("python3 -c \"import socket; socket.create_connection(('10.0.2.2',{closed}),timeout=5)\""));
     assert!(!ok && out.contains("refused"), "{out}");
 }
+
+/// `hostfwd`: a host port forwarded to a server in the namespace; data both ways, byte for
+/// byte, several connections in turn; QEMU's syntax errors; a busy port is refused.
+#[test]
+fn hostfwd_reaches_a_server_in_the_namespace() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("userfwd");
+    let ns = Netns::new("ufwd");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _d = user_guest(
+        &dir,
+        &ns,
+        &format!("user,id=u,hostfwd=tcp:127.0.0.1:{port}-:8080"),
+    );
+    // A server in the namespace: reads a line, answers with it and 2 MiB of data.
+    let server = "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',8080)); l.listen(4); print('up', flush=True)\nfor _ in range(3):\n    c,a=l.accept(); f=c.makefile('rb'); line=f.readline()\n    c.sendall(line + bytes(range(256))*8192); c.shutdown(socket.SHUT_WR); f.close(); c.close()\n";
+    std::fs::write(dir.path("srv.py"), server).unwrap();
+    let mut srv = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3"])
+            .arg(dir.path("srv.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(srv.child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    for i in 0..3 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(format!("hello {i}\n").as_bytes()).unwrap();
+        let mut all = Vec::new();
+        if let Err(e) = c.read_to_end(&mut all) {
+            panic!("connection {i}: {e} after {} bytes", all.len());
+        }
+        let head = format!("hello {i}\n");
+        assert!(all.starts_with(head.as_bytes()), "connection {i}");
+        let body = &all[head.len()..];
+        assert_eq!(body.len(), 2 << 20, "connection {i}");
+        assert!(body
+            .chunks(256)
+            .all(|c| c.iter().enumerate().all(|(j, &b)| b == j as u8)));
+    }
+    let _ = srv.child.wait();
+    // Syntax errors name the rule and QEMU's reason; a port in use cannot be forwarded.
+    let mut q = common::Qmp::negotiated(&dir.path("n.sock"));
+    let r = q.cmd(&serde_json::json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u2", "hostfwd": [{"str": "tcp::99999-:22"}]}}));
+    assert_eq!(
+        r["error"]["desc"],
+        "Invalid host forwarding rule 'tcp::99999-:22' (Bad host port)"
+    );
+    let rule = format!("tcp:127.0.0.1:{port}-:22");
+    let r = q.cmd(&serde_json::json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u2", "hostfwd": [{"str": rule}]}}));
+    assert_eq!(
+        r["error"]["desc"],
+        format!("Could not set up host forwarding rule '{rule}'")
+    );
+}

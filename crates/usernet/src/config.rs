@@ -3,6 +3,18 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+/// A host port forwarded into the guest (`hostfwd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFwd {
+    pub udp: bool,
+    /// Where the host listens (`0.0.0.0` for any address).
+    pub host: std::net::SocketAddrV4,
+    /// Where in the guest connections go.
+    pub guest: std::net::SocketAddrV4,
+    /// The rule as the user wrote it (for messages).
+    pub rule: String,
+}
+
 /// How the guest's network looks. `Default` is QEMU's: 10.0.2.0/24, gateway 10.0.2.2,
 /// DNS 10.0.2.3, leases from 10.0.2.15.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +46,8 @@ pub struct Config {
     pub lease_secs: u32,
     /// MTU offered (option 26).
     pub mtu: u16,
+    /// Host ports forwarded into the guest.
+    pub hostfwd: Vec<HostFwd>,
 }
 
 impl Default for Config {
@@ -54,6 +68,7 @@ impl Default for Config {
             dns_upstream: Vec::new(),
             lease_secs: 86400,
             mtu: 1500,
+            hostfwd: Vec::new(),
         }
     }
 }

@@ -24,7 +24,7 @@ use netdevd_wire::packet::{
 
 use crate::config::Config;
 use crate::dhcp::DhcpServer;
-use crate::tcp::{Phase, TcpFlow, IDLE, RCV_BUF, RTO_MAX, RTO_MIN, SND_BUF};
+use crate::tcp::{Phase, TcpFlow, IDLE, RCV_BUF, RTO_MAX, RTO_MIN, SND_BUF, SYN_RETRIES};
 
 /// UDP flows at once.
 pub const MAX_UDP_FLOWS: usize = 4096;
@@ -61,6 +61,9 @@ pub trait HostIo {
     /// Watch the socket for reading and/or writing.
     fn tcp_watch(&mut self, id: FlowId, read: bool, write: bool);
 }
+
+/// Flow ids from here on are the driver's (its listening sockets).
+pub const FIRST_DRIVER_ID: FlowId = 0xf000_0000;
 
 /// TCP flows at once; a SYN beyond that is answered with RST.
 pub const MAX_TCP_FLOWS: usize = 16384;
@@ -263,7 +266,10 @@ impl Stack {
 
     fn alloc_id(&mut self) -> FlowId {
         let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id = self.next_id.wrapping_add(1);
+        if self.next_id == 0 || self.next_id >= FIRST_DRIVER_ID {
+            self.next_id = 1;
+        }
         id
     }
 
@@ -393,8 +399,23 @@ impl Stack {
         self.tcp.len()
     }
 
+    /// The guest has not sent anything yet, so its MAC is unknown: ask for it (ARP). The
+    /// frame that needed it is lost; TCP's retransmission sends it again.
+    fn who_has(&mut self, ip: Ipv4Addr) {
+        let req = Arp {
+            op: Arp::REQUEST,
+            sha: GATEWAY_MAC,
+            spa: self.cfg.host,
+            tha: [0; 6],
+            tpa: ip,
+        };
+        self.push(req.frame([0xff; 6]));
+    }
+
     fn tcp_out(&mut self, remote: SocketAddrV4, guest: SocketAddrV4, t: Tcp, payload: &[u8]) {
-        let Some(mac) = self.guest_mac else { return };
+        let Some(mac) = self.guest_mac else {
+            return self.who_has(*guest.ip());
+        };
         let id = self.next_ip_id();
         let ip = Ipv4 {
             src: *remote.ip(),
@@ -469,6 +490,27 @@ impl Stack {
             return;
         };
         f.last = now;
+        if f.phase == Phase::SynSent {
+            // Our SYN's answer: the connection is open once it acknowledges our SYN.
+            if t.flags & (Tcp::SYN | Tcp::ACK) == Tcp::SYN | Tcp::ACK
+                && t.ack == f.isn.wrapping_add(1)
+            {
+                f.rcv_nxt = t.seq.wrapping_add(1);
+                f.guest_wscale = t.wscale;
+                f.guest_win = (t.window as u32) << t.wscale.unwrap_or(0);
+                f.guest_mss = t
+                    .mss
+                    .unwrap_or(536)
+                    .min(self.cfg.mtu.saturating_sub(40).max(536));
+                f.phase = Phase::Open;
+                f.rto_at = None;
+                f.rto = RTO_MIN;
+                f.reading = true;
+                io.tcp_watch(id, true, false);
+                self.tcp_ack(id);
+            }
+            return;
+        }
         if t.flags & Tcp::SYN != 0 {
             // A retransmitted SYN: answer again once connected.
             if f.phase == Phase::Open {
@@ -563,9 +605,77 @@ impl Stack {
             rto_at: None,
             last: now,
             reading: false,
+            syns: 0,
         };
         self.tcp.insert(id, flow);
         self.by_tcp_key.insert((guest, remote), id);
+    }
+
+    /// A host connection arrived on a forwarded port: it goes to `guest`, appearing to come
+    /// from the gateway address with the client's port (as libslirp shows a loopback
+    /// client). Returns the flow's id; the driver keeps the accepted socket under it. `None`
+    /// when the flow limit is reached (the driver closes the socket).
+    pub fn tcp_inbound(
+        &mut self,
+        guest: SocketAddrV4,
+        client_port: u16,
+        now: Instant,
+    ) -> Option<FlowId> {
+        if self.tcp.len() >= MAX_TCP_FLOWS {
+            self.stats.refused += 1;
+            return None;
+        }
+        let remote = SocketAddrV4::new(self.cfg.host, client_port);
+        if self.by_tcp_key.contains_key(&(guest, remote)) {
+            return None;
+        }
+        let id = self.alloc_id();
+        let isn = (now.elapsed().as_nanos() as u32) ^ id.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995;
+        let flow = TcpFlow {
+            guest,
+            remote,
+            phase: Phase::SynSent,
+            isn,
+            rcv_nxt: 0,
+            to_host: Vec::new(),
+            guest_fin: false,
+            host_shut: false,
+            snd_una: isn.wrapping_add(1),
+            snd_nxt: isn.wrapping_add(1),
+            sndbuf: VecDeque::new(),
+            host_eof: false,
+            fin_seq: None,
+            fin_acked: false,
+            guest_win: 0,
+            guest_wscale: None,
+            guest_mss: 536,
+            rto: RTO_MIN,
+            rto_at: Some(now + RTO_MIN),
+            last: now,
+            reading: false,
+            syns: 1,
+        };
+        self.tcp.insert(id, flow);
+        self.by_tcp_key.insert((guest, remote), id);
+        self.tcp_syn(id);
+        Some(id)
+    }
+
+    /// Our SYN toward the guest (forwarded connections).
+    fn tcp_syn(&mut self, id: FlowId) {
+        let Some(f) = self.tcp.get(&id) else { return };
+        let t = Tcp {
+            src_port: f.remote.port(),
+            dst_port: f.guest.port(),
+            seq: f.isn,
+            flags: Tcp::SYN,
+            window: f.our_window(),
+            mss: Some(self.cfg.mtu.saturating_sub(40)),
+            wscale: Some(0),
+            ..Tcp::default()
+        };
+        let (remote, guest) = (f.remote, f.guest);
+        self.tcp_out(remote, guest, t, &[]);
     }
 
     fn tcp_synack(&mut self, id: FlowId) {
@@ -798,6 +908,18 @@ impl Stack {
             let Some(f) = self.tcp.get_mut(&id) else {
                 continue;
             };
+            if f.phase == Phase::SynSent {
+                if f.syns >= SYN_RETRIES {
+                    io.tcp_close(id, true);
+                    self.tcp_forget(id);
+                    continue;
+                }
+                f.syns += 1;
+                f.rto = (f.rto * 2).min(RTO_MAX);
+                f.rto_at = Some(now + f.rto);
+                self.tcp_syn(id);
+                continue;
+            }
             // Go back to the oldest unacknowledged byte and send again.
             f.snd_nxt = f.snd_una;
             if !f.fin_acked {
@@ -1224,6 +1346,72 @@ mod tests {
         assert_eq!(h.shut, vec![id]);
         assert_eq!(s.tcp_flows(), 0);
         assert!(h.closed.contains(&id) && !h.aborted.contains(&id));
+    }
+
+    #[test]
+    fn tcp_inbound_handshake_learns_the_guest_mac_first() {
+        let mut s = stack();
+        let mut h = FakeHost::default();
+        let now = Instant::now();
+        let guest = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 22);
+        let id = s.tcp_inbound(guest, 5555, now).unwrap();
+        // No MAC known yet: an ARP request goes out instead of the SYN.
+        let f = s.pop_frame().unwrap();
+        let (e, rest) = Eth::parse(&f).unwrap();
+        assert_eq!(
+            (e.ethertype, Arp::parse(rest).unwrap().tpa),
+            (ETHERTYPE_ARP, *guest.ip())
+        );
+        let reply = Arp {
+            op: Arp::REPLY,
+            sha: GUEST,
+            spa: *guest.ip(),
+            tha: GATEWAY_MAC,
+            tpa: Ipv4Addr::new(10, 0, 2, 2),
+        };
+        s.from_guest(&reply.frame(GATEWAY_MAC), now, &mut h);
+        s.tcp_timers(now + RTO_MIN, &mut h);
+        let syn = to_guest_tcp(&mut s);
+        assert_eq!(syn.len(), 1);
+        let syn = syn[0].0;
+        assert_eq!(
+            (syn.flags, syn.src_port, syn.dst_port),
+            (Tcp::SYN, 5555, 22)
+        );
+        let synack = Tcp {
+            src_port: 22,
+            dst_port: 5555,
+            seq: 900,
+            ack: syn.seq.wrapping_add(1),
+            flags: Tcp::SYN | Tcp::ACK,
+            window: 500,
+            wscale: Some(2),
+            mss: Some(1400),
+        };
+        let ip = Ipv4 {
+            src: *guest.ip(),
+            dst: Ipv4Addr::new(10, 0, 2, 2),
+            proto: PROTO_TCP,
+            ttl: 64,
+            id: 3,
+        };
+        s.from_guest(
+            &tcp_frame(
+                Eth {
+                    dst: GATEWAY_MAC,
+                    src: GUEST,
+                    ethertype: ETHERTYPE_IPV4,
+                },
+                ip,
+                &synack,
+                b"",
+            ),
+            now,
+            &mut h,
+        );
+        let ack = to_guest_tcp(&mut s);
+        assert_eq!((ack[0].0.flags, ack[0].0.ack), (Tcp::ACK, 901));
+        assert_eq!(s.tcp.get(&id).map(|f| f.phase), Some(Phase::Open));
     }
 
     #[test]

@@ -36,8 +36,13 @@ pub const IDLE: Duration = Duration::from_secs(7200);
 pub enum Phase {
     /// The host connect is in progress; the guest's SYN waits for it.
     Connecting,
+    /// A forwarded host connection: our SYN went to the guest, its SYN-ACK is awaited.
+    SynSent,
     Open,
 }
+
+/// SYNs sent to the guest for a forwarded connection before giving up.
+pub const SYN_RETRIES: u32 = 6;
 
 /// One translated connection.
 #[derive(Debug)]
@@ -76,6 +81,8 @@ pub struct TcpFlow {
     pub last: Instant,
     /// Whether the host socket is being read (false while `sndbuf` is full).
     pub reading: bool,
+    /// SYNs sent (forwarded connections).
+    pub syns: u32,
 }
 
 impl TcpFlow {
