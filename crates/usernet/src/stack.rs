@@ -665,14 +665,10 @@ impl Stack {
     fn tcp_syn(&mut self, id: FlowId) {
         let Some(f) = self.tcp.get(&id) else { return };
         let t = Tcp {
-            src_port: f.remote.port(),
-            dst_port: f.guest.port(),
-            seq: f.isn,
-            flags: Tcp::SYN,
-            window: f.our_window(),
+            ack: 0,
             mss: Some(self.cfg.mtu.saturating_sub(40)),
             wscale: Some(0),
-            ..Tcp::default()
+            ..f.segment(Tcp::SYN, f.isn)
         };
         let (remote, guest) = (f.remote, f.guest);
         self.tcp_out(remote, guest, t, &[]);
@@ -680,16 +676,11 @@ impl Stack {
 
     fn tcp_synack(&mut self, id: FlowId) {
         let Some(f) = self.tcp.get(&id) else { return };
+        // Window scaling is on only if both offer it; ours is shift 0.
         let t = Tcp {
-            src_port: f.remote.port(),
-            dst_port: f.guest.port(),
-            seq: f.isn,
-            ack: f.rcv_nxt,
-            flags: Tcp::SYN | Tcp::ACK,
-            window: f.our_window(),
             mss: Some(self.cfg.mtu.saturating_sub(40)),
-            // Window scaling is on only if both offer it; ours is shift 0.
             wscale: f.guest_wscale.map(|_| 0),
+            ..f.segment(Tcp::SYN | Tcp::ACK, f.isn)
         };
         let (remote, guest) = (f.remote, f.guest);
         self.tcp_out(remote, guest, t, &[]);
@@ -697,15 +688,7 @@ impl Stack {
 
     fn tcp_ack(&mut self, id: FlowId) {
         let Some(f) = self.tcp.get(&id) else { return };
-        let t = Tcp {
-            src_port: f.remote.port(),
-            dst_port: f.guest.port(),
-            seq: f.snd_nxt,
-            ack: f.rcv_nxt,
-            flags: Tcp::ACK,
-            window: f.our_window(),
-            ..Tcp::default()
-        };
+        let t = f.segment(Tcp::ACK, f.snd_nxt);
         let (remote, guest) = (f.remote, f.guest);
         self.tcp_out(remote, guest, t, &[]);
     }
@@ -840,15 +823,7 @@ impl Stack {
             }
             let start = in_flight;
             let payload: Vec<u8> = f.sndbuf.range(start..start + n).copied().collect();
-            let t = Tcp {
-                src_port: f.remote.port(),
-                dst_port: f.guest.port(),
-                seq: f.snd_nxt,
-                ack: f.rcv_nxt,
-                flags: Tcp::ACK | Tcp::PSH,
-                window: f.our_window(),
-                ..Tcp::default()
-            };
+            let t = f.segment(Tcp::ACK | Tcp::PSH, f.snd_nxt);
             f.snd_nxt = f.snd_nxt.wrapping_add(n as u32);
             out.push((t, payload));
             if self.to_guest.len() + out.len() >= TO_GUEST_CAP {
@@ -856,15 +831,7 @@ impl Stack {
             }
         }
         if f.host_eof && f.fin_seq.is_none() && f.in_flight() as usize == f.sndbuf.len() {
-            let t = Tcp {
-                src_port: f.remote.port(),
-                dst_port: f.guest.port(),
-                seq: f.snd_nxt,
-                ack: f.rcv_nxt,
-                flags: Tcp::ACK | Tcp::FIN,
-                window: f.our_window(),
-                ..Tcp::default()
-            };
+            let t = f.segment(Tcp::ACK | Tcp::FIN, f.snd_nxt);
             f.fin_seq = Some(f.snd_nxt);
             f.snd_nxt = f.snd_nxt.wrapping_add(1);
             out.push((t, Vec::new()));

@@ -98,6 +98,19 @@ impl TcpFlow {
         (RCV_BUF - self.to_host.len()).min(65535) as u16
     }
 
+    /// A segment of this flow toward the guest: ports, acknowledgement and window filled in.
+    pub fn segment(&self, flags: u8, seq: u32) -> netdevd_wire::packet::Tcp {
+        netdevd_wire::packet::Tcp {
+            src_port: self.remote.port(),
+            dst_port: self.guest.port(),
+            seq,
+            ack: self.rcv_nxt,
+            flags,
+            window: self.our_window(),
+            ..Default::default()
+        }
+    }
+
     /// Both directions are finished: the flow can go.
     pub fn done(&self) -> bool {
         self.guest_fin && self.host_shut && self.fin_acked
