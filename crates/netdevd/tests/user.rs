@@ -346,3 +346,72 @@ fn hostfwd_reaches_a_server_in_the_namespace() {
         format!("Could not set up host forwarding rule '{rule}'")
     );
 }
+
+/// `restrict=on`: the guest reaches nothing outside but the gateway's ping and the
+/// forwards — TCP and UDP to the host fail, DHCP still answers (without router and DNS), and
+/// a hostfwd into the guest still works.
+#[test]
+fn restrict_isolates_the_guest() {
+    use std::io::Read;
+    let dir = TempDir::new("userrestrict");
+    let ns = Netns::new("urst");
+    let fwd = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _d = user_guest(
+        &dir,
+        &ns,
+        &format!("user,id=u,restrict=on,hostfwd=tcp:127.0.0.1:{fwd}-:9000"),
+    );
+    let tcp_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tport = tcp_server.local_addr().unwrap().port();
+    tcp_server.set_nonblocking(true).unwrap();
+    let udp_server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_server
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let uport = udp_server.local_addr().unwrap().port();
+    let (ok, out) = sh(&ns, &format!("python3 -c \"import socket; socket.create_connection(('10.0.2.2',{tport}),timeout=3)\""));
+    assert!(!ok, "TCP out was let through: {out}");
+    assert!(
+        tcp_server.accept().is_err(),
+        "the host server saw a connection"
+    );
+    let (ok, _) = sh(&ns, &format!("python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(b'x', ('10.0.2.2', {uport})); s.recv(10)\""));
+    assert!(!ok, "UDP out was answered");
+    assert!(
+        udp_server.recv_from(&mut [0u8; 16]).is_err(),
+        "the host saw the datagram"
+    );
+    let (ok, out) = sh(&ns, "ping -c 1 -W 2 10.0.2.2");
+    assert!(ok, "the gateway answers ping even restricted: {out}");
+    // DHCP still answers, without router and DNS.
+    let (ok, out) = sh(
+        &ns,
+        "busybox udhcpc -i tap0 -f -q -n -t 3 -T 1 -s /bin/true 2>&1",
+    );
+    assert!(ok && out.contains("obtained"), "DHCP under restrict: {out}");
+    // The forward into the guest works.
+    let mut srv = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',9000)); l.listen(1); print('up', flush=True)\nc,a=l.accept(); c.sendall(b'inside'); c.shutdown(socket.SHUT_WR); c.recv(1)"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(srv.child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", fwd)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "inside");
+    drop(c);
+    let _ = srv.child.wait();
+}
