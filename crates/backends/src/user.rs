@@ -33,21 +33,29 @@ enum Sock {
         connecting: bool,
         interest: Interest,
     },
+    /// A flow through a UDP forward: replies go out of forward `fwd`'s socket to `peer`.
+    UdpFwd {
+        fwd: usize,
+        peer: SocketAddr,
+    },
 }
 
 impl Sock {
-    fn fd(&self) -> BorrowedFd<'_> {
+    /// The flow's own fd (a forwarded UDP flow shares its forward's).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Sock::Udp(s) => s.as_fd(),
-            Sock::Tcp { fd, .. } => fd.as_fd(),
+            Sock::Udp(s) => Some(s.as_fd()),
+            Sock::Tcp { fd, .. } => Some(fd.as_fd()),
+            Sock::UdpFwd { .. } => None,
         }
     }
 }
 
-/// A listening socket of a TCP `hostfwd` rule.
+/// The host socket of a `hostfwd` rule: listening (TCP) or bound (UDP).
 struct Forward {
     listener: OwnedFd,
     guest: std::net::SocketAddrV4,
+    udp: bool,
 }
 
 /// The backend.
@@ -66,6 +74,7 @@ pub struct UserBackend {
 struct Host<'a> {
     reg: &'a Registration,
     socks: &'a mut HashMap<FlowId, Sock>,
+    forwards: &'a [Forward],
 }
 
 impl Host<'_> {
@@ -95,13 +104,18 @@ impl HostIo for Host<'_> {
     fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()> {
         match self.socks.get(&id) {
             Some(Sock::Udp(s)) => s.send(data).map(|_| ()),
+            Some(Sock::UdpFwd { fwd, peer }) => {
+                let f = self.forwards.get(*fwd).ok_or(io::ErrorKind::NotConnected)?;
+                rnet::sendto(&f.listener, data, rnet::SendFlags::NOSIGNAL, peer)?;
+                Ok(())
+            }
             _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
         }
     }
 
     fn udp_close(&mut self, id: FlowId) {
-        if let Some(s) = self.socks.remove(&id) {
-            self.reg.remove(s.fd());
+        if let Some(fd) = self.socks.remove(&id).as_ref().and_then(Sock::fd) {
+            self.reg.remove(fd);
         }
     }
 
@@ -153,12 +167,12 @@ impl HostIo for Host<'_> {
     }
 
     fn tcp_close(&mut self, id: FlowId, abort: bool) {
-        if let Some(s) = self.socks.remove(&id) {
+        if let Some(fd) = self.socks.remove(&id).as_ref().and_then(Sock::fd) {
             if abort {
                 // Close with RST, as the guest reset its side.
-                let _ = rnet::sockopt::set_socket_linger(s.fd(), Some(std::time::Duration::ZERO));
+                let _ = rnet::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
             }
-            self.reg.remove(s.fd());
+            self.reg.remove(fd);
         }
     }
 
@@ -192,27 +206,32 @@ impl UserBackend {
                     f.rule
                 ))
             };
-            if f.udp {
-                return Err(crate::BackendError::Msg(format!(
-                    "UDP host forwarding ('{}') is not available in netdevd yet",
-                    f.rule
-                )));
-            }
+            let ty = if f.udp {
+                SocketType::DGRAM
+            } else {
+                SocketType::STREAM
+            };
             let l = rnet::socket_with(
                 AddressFamily::INET,
-                SocketType::STREAM,
+                ty,
                 SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
                 None,
             )
             .map_err(|_| fail())?;
-            rnet::sockopt::set_socket_reuseaddr(&l, true).map_err(|_| fail())?;
+            // Two rules on one port must clash (as in QEMU), so no SO_REUSEADDR for UDP.
+            if !f.udp {
+                rnet::sockopt::set_socket_reuseaddr(&l, true).map_err(|_| fail())?;
+            }
             rnet::bind(&l, &f.host).map_err(|_| fail())?;
-            rnet::listen(&l, 64).map_err(|_| fail())?;
+            if !f.udp {
+                rnet::listen(&l, 64).map_err(|_| fail())?;
+            }
             reg.add(l.as_fd(), FIRST_DRIVER_ID + i as u32, Interest::READ)
                 .map_err(|_| fail())?;
             forwards.push(Forward {
                 listener: l,
                 guest: f.guest,
+                udp: f.udp,
             });
         }
         Ok(UserBackend {
@@ -227,6 +246,32 @@ impl UserBackend {
             buf: vec![0u8; 65536],
             info,
         })
+    }
+
+    /// Datagrams on a forwarded UDP port: each client is a flow into the guest.
+    fn forward_datagrams(&mut self, idx: usize) {
+        let now = Instant::now();
+        for _ in 0..READS_PER_WAKEUP {
+            let Some(fw) = self.forwards.get(idx) else {
+                return;
+            };
+            let (n, peer) =
+                match rnet::recvfrom(&fw.listener, &mut self.buf[..], rnet::RecvFlags::DONTWAIT) {
+                    Ok((n, _, Some(a))) => match SocketAddr::try_from(a) {
+                        Ok(peer) => (n, peer),
+                        Err(_) => continue,
+                    },
+                    Ok(_) => continue,
+                    Err(_) => return,
+                };
+            let guest = fw.guest;
+            if let Some((id, true)) =
+                self.stack
+                    .udp_inbound(guest, peer.port(), &self.buf[..n], now)
+            {
+                self.socks.insert(id, Sock::UdpFwd { fwd: idx, peer });
+            }
+        }
     }
 
     /// A forwarded port has connections waiting: each becomes a flow into the guest.
@@ -272,6 +317,7 @@ impl Endpoint for UserBackend {
         let mut host = Host {
             reg: &self.reg,
             socks: &mut self.socks,
+            forwards: &self.forwards,
         };
         self.stack
             .from_guest(&frame.data, Instant::now(), &mut host);
@@ -280,7 +326,9 @@ impl Endpoint for UserBackend {
 
     fn close(&mut self) {
         for (_, s) in self.socks.drain() {
-            self.reg.remove(s.fd());
+            if let Some(fd) = s.fd() {
+                self.reg.remove(fd);
+            }
         }
         for f in self.forwards.drain(..) {
             self.reg.remove(f.listener.as_fd());
@@ -291,7 +339,12 @@ impl Endpoint for UserBackend {
 impl Backend for UserBackend {
     fn ready(&mut self, sub: u32, r: Ready) {
         if sub >= FIRST_DRIVER_ID {
-            return self.accept((sub - FIRST_DRIVER_ID) as usize);
+            let idx = (sub - FIRST_DRIVER_ID) as usize;
+            return match self.forwards.get(idx) {
+                Some(f) if f.udp => self.forward_datagrams(idx),
+                Some(_) => self.accept(idx),
+                None => {}
+            };
         }
         let now = Instant::now();
         match self.socks.get_mut(&sub) {
@@ -327,6 +380,7 @@ impl Backend for UserBackend {
                     let mut host = Host {
                         reg: &self.reg,
                         socks: &mut self.socks,
+                        forwards: &self.forwards,
                     };
                     self.stack.tcp_connected(sub, ok, now, &mut host);
                     return;
@@ -334,6 +388,7 @@ impl Backend for UserBackend {
                 let mut host = Host {
                     reg: &self.reg,
                     socks: &mut self.socks,
+                    forwards: &self.forwards,
                 };
                 if r.writable {
                     self.stack.tcp_writable(sub, now, &mut host);
@@ -342,7 +397,8 @@ impl Backend for UserBackend {
                     self.stack.tcp_readable(sub, now, &mut host);
                 }
             }
-            None => {}
+            // Forwarded UDP flows have no socket of their own.
+            Some(Sock::UdpFwd { .. }) | None => {}
         }
     }
 
@@ -358,6 +414,7 @@ impl Backend for UserBackend {
         let mut host = Host {
             reg: &self.reg,
             socks: &mut self.socks,
+            forwards: &self.forwards,
         };
         self.stack.tcp_timers(now, &mut host);
     }

@@ -415,3 +415,53 @@ fn restrict_isolates_the_guest() {
     drop(c);
     let _ = srv.child.wait();
 }
+
+/// UDP `hostfwd`: datagrams from host clients reach a server in the namespace, and its
+/// answers come back to each client.
+#[test]
+fn udp_hostfwd_round_trips() {
+    let dir = TempDir::new("userudpfwd");
+    let ns = Netns::new("uudp");
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _d = user_guest(
+        &dir,
+        &ns,
+        &format!("user,id=u,hostfwd=udp:127.0.0.1:{port}-:5353"),
+    );
+    let mut srv = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0',5353)); print('up', flush=True)\nfor _ in range(6):\n    d,a=s.recvfrom(2000); s.sendto(d.upper(), a)\n"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(srv.child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    for client in 0..2 {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let msg = format!("hello from client {client}");
+        let mut got = None;
+        // The first datagram may go while netdevd still learns the guest's MAC: retry.
+        for _ in 0..20 {
+            c.send_to(msg.as_bytes(), ("127.0.0.1", port)).unwrap();
+            let mut buf = [0u8; 100];
+            if let Ok((n, _)) = c.recv_from(&mut buf) {
+                got = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                break;
+            }
+        }
+        assert_eq!(got, Some(msg.to_uppercase()), "client {client}");
+    }
+    let _ = srv.child.kill();
+}

@@ -243,14 +243,13 @@ impl Stack {
         if udp.dst_port == 67 {
             return self.dhcp(data, now);
         }
-        if self.cfg.restrict {
-            return self.drop_frame();
-        }
         let guest = SocketAddrV4::new(ip.src, udp.src_port);
         let remote = SocketAddrV4::new(ip.dst, udp.dst_port);
         let _ = eth;
         let id = match self.by_key.get(&(guest, remote)) {
             Some(&id) => id,
+            // Restricted guests open no flows; answers on forwarded ones still go.
+            None if self.cfg.restrict => return self.drop_frame(),
             None => match self.open_flow(guest, remote, now, io) {
                 Some(id) => id,
                 None => return,
@@ -357,6 +356,43 @@ impl Stack {
         self.push(f);
     }
 
+    /// A datagram arrived on a forwarded host UDP port from a client at port `client_port`:
+    /// it goes to `guest`, from the gateway address with the client's port. Returns the
+    /// flow's id and whether it is new (the driver then remembers where replies go); `None`
+    /// when the flow limit is reached.
+    pub fn udp_inbound(
+        &mut self,
+        guest: SocketAddrV4,
+        client_port: u16,
+        data: &[u8],
+        now: Instant,
+    ) -> Option<(FlowId, bool)> {
+        let remote = SocketAddrV4::new(self.cfg.host, client_port);
+        let (id, new) = match self.by_key.get(&(guest, remote)) {
+            Some(&id) => (id, false),
+            None => {
+                if self.flows.len() >= MAX_UDP_FLOWS {
+                    self.stats.refused += 1;
+                    return None;
+                }
+                let id = self.alloc_id();
+                self.flows.insert(
+                    id,
+                    UdpFlow {
+                        guest,
+                        remote,
+                        last: now,
+                        idle: UDP_IDLE,
+                    },
+                );
+                self.by_key.insert((guest, remote), id);
+                (id, true)
+            }
+        };
+        self.from_host(id, data, now);
+        Some((id, new))
+    }
+
     /// A datagram arrived on flow `id`'s host socket.
     pub fn from_host(&mut self, id: FlowId, data: &[u8], now: Instant) {
         let Some(flow) = self.flows.get_mut(&id) else {
@@ -364,7 +400,9 @@ impl Stack {
         };
         flow.last = now;
         let flow = *flow;
-        let Some(mac) = self.guest_mac else { return };
+        let Some(mac) = self.guest_mac else {
+            return self.who_has(*flow.guest.ip());
+        };
         let ipid = self.next_ip_id();
         let ip = Ipv4 {
             src: *flow.remote.ip(),
