@@ -36,6 +36,9 @@ impl HostIo for Host {
     fn tcp_shutdown(&mut self, _id: FlowId) {}
     fn tcp_close(&mut self, _id: FlowId, _abort: bool) {}
     fn tcp_watch(&mut self, _id: FlowId, _r: bool, _w: bool) {}
+    fn tcp_command(&mut self, _id: FlowId, _argv: &[String]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

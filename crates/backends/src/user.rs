@@ -63,8 +63,10 @@ pub struct UserBackend {
     reg: Registration,
     stack: Stack,
     socks: HashMap<FlowId, Sock>,
-    /// Listeners of the TCP forwards; sub `FIRST_DRIVER_ID + index`.
+    /// Sockets of the forwards; sub `FIRST_DRIVER_ID + index`.
     forwards: Vec<Forward>,
+    /// Commands started for `guestfwd` connections.
+    children: Vec<std::process::Child>,
     events: Events,
     buf: Vec<u8>,
     info: String,
@@ -75,6 +77,8 @@ struct Host<'a> {
     reg: &'a Registration,
     socks: &'a mut HashMap<FlowId, Sock>,
     forwards: &'a [Forward],
+    /// Commands started for `guestfwd` connections, reaped as they exit.
+    children: &'a mut Vec<std::process::Child>,
 }
 
 impl Host<'_> {
@@ -176,6 +180,35 @@ impl HostIo for Host<'_> {
         }
     }
 
+    fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()> {
+        let program = argv.first().ok_or(io::ErrorKind::InvalidInput)?;
+        let (mine, theirs) = rnet::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let theirs_out = theirs.try_clone()?;
+        let child = std::process::Command::new(program)
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::from(theirs))
+            .stdout(std::process::Stdio::from(theirs_out))
+            .spawn()?;
+        self.children.push(child);
+        netdevd_sys::set_nonblocking(mine.as_fd(), true)?;
+        // Connected from the start: the writable event reports it like a finished connect.
+        self.reg.add(mine.as_fd(), id, Interest::WRITE)?;
+        self.socks.insert(
+            id,
+            Sock::Tcp {
+                fd: mine,
+                connecting: true,
+                interest: Interest::WRITE,
+            },
+        );
+        Ok(())
+    }
+
     fn tcp_watch(&mut self, id: FlowId, read: bool, write: bool) {
         if let Some(Sock::Tcp {
             fd,
@@ -239,6 +272,7 @@ impl UserBackend {
             stack: Stack::new(cfg),
             socks: HashMap::new(),
             forwards,
+            children: Vec::new(),
             events: Events {
                 link: Some(true),
                 drained: false,
@@ -318,6 +352,7 @@ impl Endpoint for UserBackend {
             reg: &self.reg,
             socks: &mut self.socks,
             forwards: &self.forwards,
+            children: &mut self.children,
         };
         self.stack
             .from_guest(&frame.data, Instant::now(), &mut host);
@@ -338,6 +373,9 @@ impl Endpoint for UserBackend {
 
 impl Backend for UserBackend {
     fn ready(&mut self, sub: u32, r: Ready) {
+        // Reap guestfwd commands that have exited.
+        self.children
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         if sub >= FIRST_DRIVER_ID {
             let idx = (sub - FIRST_DRIVER_ID) as usize;
             return match self.forwards.get(idx) {
@@ -381,6 +419,7 @@ impl Backend for UserBackend {
                         reg: &self.reg,
                         socks: &mut self.socks,
                         forwards: &self.forwards,
+                        children: &mut self.children,
                     };
                     self.stack.tcp_connected(sub, ok, now, &mut host);
                     return;
@@ -389,6 +428,7 @@ impl Backend for UserBackend {
                     reg: &self.reg,
                     socks: &mut self.socks,
                     forwards: &self.forwards,
+                    children: &mut self.children,
                 };
                 if r.writable {
                     self.stack.tcp_writable(sub, now, &mut host);
@@ -415,6 +455,7 @@ impl Backend for UserBackend {
             reg: &self.reg,
             socks: &mut self.socks,
             forwards: &self.forwards,
+            children: &mut self.children,
         };
         self.stack.tcp_timers(now, &mut host);
     }

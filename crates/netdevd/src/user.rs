@@ -8,7 +8,7 @@ use std::path::Path;
 use netdevd_backends::addr::inet_aton;
 use netdevd_qapi::NetdevUserOptions;
 use netdevd_qmp::QmpError;
-use netdevd_usernet::config::HostFwd;
+use netdevd_usernet::config::{GuestFwd, GuestFwdTarget, HostFwd};
 use netdevd_usernet::Config;
 
 fn err(s: impl Into<String>) -> QmpError {
@@ -127,13 +127,108 @@ fn parse_hostfwd(rule: &str, dhcp_start: Ipv4Addr) -> Result<HostFwd, QmpError> 
     })
 }
 
+/// Split a command line into words as a shell would (quotes and backslashes), without
+/// running a shell — QEMU's `g_shell_parse_argv` for `guestfwd` `cmd:`.
+fn shell_words(s: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => cur.push(chars.next()?),
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.push(chars.next()?);
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Some(words)
+}
+
+/// One `guestfwd` rule, `[tcp]:[server]:port-TARGET` with TARGET `cmd:COMMAND`,
+/// `tcp:HOST:PORT` (QEMU's chardev form) or `HOST:PORT`; QEMU's texts.
+fn parse_guestfwd(rule: &str, c: &Config, taken: &[GuestFwd]) -> Result<GuestFwd, QmpError> {
+    let bad = || err(format!("Invalid guest forwarding rule '{rule}'"));
+    let (proto, rest) = rule.split_once(':').ok_or_else(bad)?;
+    if !(proto.is_empty() || proto == "tcp") {
+        return Err(bad());
+    }
+    let (server, rest) = rest.split_once(':').ok_or_else(bad)?;
+    let (port, target) = rest.split_once('-').ok_or_else(bad)?;
+    let mask = u32::from(c.netmask());
+    let server = if server.is_empty() {
+        Ipv4Addr::from(u32::from(c.net) | (0x0000_0204 & !mask))
+    } else {
+        inet_aton(server).ok_or_else(bad)?
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let server = std::net::SocketAddrV4::new(server, port);
+    let conflict = || {
+        err(format!(
+            "Conflicting/invalid host:port in guest forwarding rule '{rule}'"
+        ))
+    };
+    if !c.contains(*server.ip())
+        || *server.ip() == c.host
+        || *server.ip() == c.dns
+        || taken.iter().any(|g| g.server == server)
+    {
+        return Err(conflict());
+    }
+    let target = if let Some(cmd) = target.strip_prefix("cmd:") {
+        let argv = shell_words(cmd).filter(|a| !a.is_empty()).ok_or_else(bad)?;
+        GuestFwdTarget::Command(argv)
+    } else {
+        let hp = target.strip_prefix("tcp:").unwrap_or(target);
+        let a = netdevd_backends::addr::parse_host_port(hp).map_err(|_| {
+            err(format!(
+                "Could not open guest forwarding device 'guestfwd.tcp.{port}'"
+            ))
+        })?;
+        GuestFwdTarget::Addr(std::net::SocketAddr::V4(a))
+    };
+    Ok(GuestFwd {
+        server,
+        target,
+        rule: rule.to_string(),
+    })
+}
+
 /// The stack's config for these options. `resolv_conf` names the upstream resolvers.
 pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpError> {
-    for (given, name) in [
-        (o.guestfwd.is_some(), "guestfwd"),
-        (o.tftp.is_some(), "tftp"),
-        (o.smb.is_some(), "smb"),
-    ] {
+    for (given, name) in [(o.tftp.is_some(), "tftp"), (o.smb.is_some(), "smb")] {
         if given {
             return Err(err(format!(
                 "netdev user option '{name}' is not available in netdevd yet"
@@ -241,6 +336,14 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
         c.hostfwd.push(parse_hostfwd(&r.str, c.dhcp_start)?);
     }
     c.hostfwd.reverse();
+    // Guest forwards, last to first as QEMU installs them.
+    let mut guestfwd: Vec<GuestFwd> = Vec::new();
+    for r in o.guestfwd.iter().flatten().rev() {
+        let g = parse_guestfwd(&r.str, &c, &guestfwd)?;
+        guestfwd.push(g);
+    }
+    guestfwd.reverse();
+    c.guestfwd = guestfwd;
     Ok(c)
 }
 
@@ -346,6 +449,49 @@ mod tests {
             cfg(serde_json::json!({"dns": "10.9.9.9"})).is_ok(),
             "dns outside the network is fine unrestricted"
         );
+    }
+
+    #[test]
+    fn guestfwd_rules() {
+        let c = Config::default();
+        let g = parse_guestfwd("tcp:10.0.2.100:80-cmd:nc -q0 'a b' \"c\"", &c, &[]).unwrap();
+        assert_eq!(
+            g.target,
+            GuestFwdTarget::Command(vec!["nc".into(), "-q0".into(), "a b".into(), "c".into()])
+        );
+        assert_eq!(g.server, "10.0.2.100:80".parse().unwrap());
+        let g = parse_guestfwd(":10.0.2.101:81-127.0.0.1:8080", &c, &[]).unwrap();
+        assert_eq!(
+            g.target,
+            GuestFwdTarget::Addr("127.0.0.1:8080".parse().unwrap())
+        );
+        let d = parse_guestfwd("::82-tcp:127.0.0.1:9", &c, &[]).unwrap();
+        assert_eq!(*d.server.ip(), Ipv4Addr::new(10, 0, 2, 4));
+        assert_eq!(
+            parse_guestfwd("udp:10.0.2.100:80-cmd:x", &c, &[])
+                .unwrap_err()
+                .desc,
+            "Invalid guest forwarding rule 'udp:10.0.2.100:80-cmd:x'"
+        );
+        assert_eq!(
+            parse_guestfwd("tcp:10.0.2.100-cmd:x", &c, &[])
+                .unwrap_err()
+                .desc,
+            "Invalid guest forwarding rule 'tcp:10.0.2.100-cmd:x'"
+        );
+        assert_eq!(
+            parse_guestfwd("tcp:10.0.2.2:80-cmd:x", &c, &[])
+                .unwrap_err()
+                .desc,
+            "Conflicting/invalid host:port in guest forwarding rule 'tcp:10.0.2.2:80-cmd:x'"
+        );
+        assert_eq!(
+            parse_guestfwd("tcp:10.0.2.101:81-cmd:x", &c, &[g])
+                .unwrap_err()
+                .desc,
+            "Conflicting/invalid host:port in guest forwarding rule 'tcp:10.0.2.101:81-cmd:x'"
+        );
+        assert_eq!(shell_words("a 'b"), None);
     }
 
     #[test]

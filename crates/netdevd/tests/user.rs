@@ -465,3 +465,39 @@ fn udp_hostfwd_round_trips() {
     }
     let _ = srv.child.kill();
 }
+
+/// `guestfwd`: guest connections to a forwarded address reach a command (on its
+/// stdin/stdout, one per connection) or a host service — also with `restrict=on`.
+#[test]
+fn guestfwd_to_a_command_and_to_a_host_service() {
+    use std::io::Write;
+    let dir = TempDir::new("userguestfwd");
+    let ns = Netns::new("ugfw");
+    let svc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sport = svc.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in svc.incoming().take(2) {
+            let Ok(mut c) = c else { break };
+            let _ = c.write_all(b"host-service");
+        }
+    });
+    let opts = format!("user,id=u,restrict=on,guestfwd=tcp:10.0.2.100:7-cmd:tr a-z A-Z,guestfwd=tcp:10.0.2.101:80-127.0.0.1:{sport}");
+    let _d = user_guest(&dir, &ns, &opts);
+    let client = |addr: &str, port: u16, send: &str| {
+        let py = format!(
+            "import socket\ns=socket.create_connection(('{addr}',{port}),timeout=10)\ns.sendall(b'{send}'); s.shutdown(socket.SHUT_WR)\nd=b''\nwhile True:\n    x=s.recv(100)\n    if not x: break\n    d+=x\nprint(d.decode())\n"
+        );
+        let f = dir.path(&format!("c{port}.py"));
+        std::fs::write(&f, py).unwrap();
+        sh(&ns, &format!("python3 {}", f.display()))
+    };
+    for _ in 0..2 {
+        let (ok, out) = client("10.0.2.100", 7, "hello guestfwd");
+        assert!(ok && out.trim() == "HELLO GUESTFWD", "cmd: {out}");
+    }
+    let (ok, out) = client("10.0.2.101", 80, "");
+    assert!(ok && out.trim() == "host-service", "host service: {out}");
+    // Other ports of the forward address, and other destinations, stay closed (restrict).
+    let (ok, _) = client("10.0.2.101", 81, "");
+    assert!(!ok);
+}

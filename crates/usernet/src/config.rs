@@ -15,6 +15,24 @@ pub struct HostFwd {
     pub rule: String,
 }
 
+/// Where a guest forwarding rule (`guestfwd`) sends the guest's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestFwdTarget {
+    /// Start this command (argv) for each connection, the connection on its stdin/stdout.
+    Command(Vec<String>),
+    /// Connect to this host address.
+    Addr(std::net::SocketAddr),
+}
+
+/// A guest forwarding rule: guest connections to `server` go to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFwd {
+    pub server: std::net::SocketAddrV4,
+    pub target: GuestFwdTarget,
+    /// The rule as the user wrote it (for messages).
+    pub rule: String,
+}
+
 /// How the guest's network looks. `Default` is QEMU's: 10.0.2.0/24, gateway 10.0.2.2,
 /// DNS 10.0.2.3, leases from 10.0.2.15.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +66,8 @@ pub struct Config {
     pub mtu: u16,
     /// Host ports forwarded into the guest.
     pub hostfwd: Vec<HostFwd>,
+    /// Guest connections forwarded to commands or host addresses.
+    pub guestfwd: Vec<GuestFwd>,
 }
 
 impl Default for Config {
@@ -69,6 +89,7 @@ impl Default for Config {
             lease_secs: 86400,
             mtu: 1500,
             hostfwd: Vec::new(),
+            guestfwd: Vec::new(),
         }
     }
 }

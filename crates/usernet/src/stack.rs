@@ -22,7 +22,7 @@ use netdevd_wire::packet::{
     PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::config::Config;
+use crate::config::{Config, GuestFwdTarget};
 use crate::dhcp::DhcpServer;
 use crate::tcp::{Phase, TcpFlow, IDLE, RCV_BUF, RTO_MAX, RTO_MIN, SND_BUF, SYN_RETRIES};
 
@@ -60,6 +60,9 @@ pub trait HostIo {
     fn tcp_close(&mut self, id: FlowId, abort: bool);
     /// Watch the socket for reading and/or writing.
     fn tcp_watch(&mut self, id: FlowId, read: bool, write: bool);
+    /// Start `argv` with a new stream socket on its stdin/stdout, for flow `id`; the outcome
+    /// goes to [`Stack::tcp_connected`] as for a connect (`guestfwd` with `cmd:`).
+    fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()>;
 }
 
 /// Flow ids from here on are the driver's (its listening sockets).
@@ -153,7 +156,9 @@ impl Stack {
     }
 
     fn is_ours(&self, a: Ipv4Addr) -> bool {
-        a == self.cfg.host || a == self.cfg.dns
+        a == self.cfg.host
+            || a == self.cfg.dns
+            || self.cfg.guestfwd.iter().any(|g| *g.server.ip() == a)
     }
 
     fn drop_frame(&mut self) {
@@ -601,10 +606,17 @@ impl Stack {
     fn tcp_open(&mut self, ip: Ipv4, t: Tcp, now: Instant, io: &mut dyn HostIo) {
         let guest = SocketAddrV4::new(ip.src, t.src_port);
         let remote = SocketAddrV4::new(ip.dst, t.dst_port);
-        let target = if self.cfg.restrict {
-            None
-        } else {
-            self.tcp_target(remote)
+        // guestfwd rules apply even to a restricted guest.
+        let fwd = self
+            .cfg
+            .guestfwd
+            .iter()
+            .find(|g| g.server == remote)
+            .map(|g| g.target.clone());
+        let target = match fwd {
+            Some(t) => Some(t),
+            None if self.cfg.restrict => None,
+            None => self.tcp_target(remote).map(GuestFwdTarget::Addr),
         };
         let Some(target) = target else {
             return self.tcp_reset(&ip, &t, 0);
@@ -614,7 +626,11 @@ impl Stack {
             return self.tcp_reset(&ip, &t, 0);
         }
         let id = self.alloc_id();
-        if io.tcp_connect(id, target).is_err() {
+        let started = match &target {
+            GuestFwdTarget::Addr(a) => io.tcp_connect(id, *a),
+            GuestFwdTarget::Command(argv) => io.tcp_command(id, argv),
+        };
+        if started.is_err() {
             self.stats.refused += 1;
             return self.tcp_reset(&ip, &t, 0);
         }
@@ -1038,6 +1054,11 @@ mod tests {
             }
         }
         fn tcp_watch(&mut self, _id: FlowId, _read: bool, _write: bool) {}
+        fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()> {
+            self.open
+                .insert(id, SocketAddr::from(([0, 0, 0, 0], argv.len() as u16)));
+            Ok(())
+        }
     }
 
     const GUEST: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
