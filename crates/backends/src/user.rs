@@ -457,7 +457,7 @@ impl Backend for UserBackend {
             forwards: &self.forwards,
             children: &mut self.children,
         };
-        self.stack.tcp_timers(now, &mut host);
+        self.stack.timers(now, &mut host);
     }
 
     fn poll_frame(&mut self, out: &mut Frame) -> bool {

@@ -228,7 +228,7 @@ fn parse_guestfwd(rule: &str, c: &Config, taken: &[GuestFwd]) -> Result<GuestFwd
 
 /// The stack's config for these options. `resolv_conf` names the upstream resolvers.
 pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpError> {
-    for (given, name) in [(o.tftp.is_some(), "tftp"), (o.smb.is_some(), "smb")] {
+    for (given, name) in [(o.smb.is_some(), "smb")] {
         if given {
             return Err(err(format!(
                 "netdev user option '{name}' is not available in netdevd yet"
@@ -329,6 +329,8 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
         .collect();
     c.bootfile = o.bootfile.clone();
     c.tftp_server_name = o.tftp_server_name.clone();
+    // The directory is not checked now, as in QEMU: a missing one answers "File not found".
+    c.tftp_root = o.tftp.as_ref().map(std::path::PathBuf::from);
     c.dns_upstream =
         Config::parse_resolv_conf(&std::fs::read_to_string(resolv_conf).unwrap_or_default());
     // QEMU installs the rules last to first; the first failure is the one reported.

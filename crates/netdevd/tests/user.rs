@@ -501,3 +501,53 @@ fn guestfwd_to_a_command_and_to_a_host_service() {
     let (ok, _) = client("10.0.2.101", 81, "");
     assert!(!ok);
 }
+
+/// TFTP: a client in the namespace fetches the boot file (the name DHCP offers) from
+/// 10.0.2.2, with and without a larger block size; names leaving the root are refused.
+#[test]
+fn tftp_serves_the_boot_file_and_nothing_outside_its_root() {
+    let dir = TempDir::new("usertftp");
+    let ns = Netns::new("utftp");
+    let root = dir.path("tftp");
+    std::fs::create_dir_all(&root).unwrap();
+    let boot: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(root.join("pxelinux.0"), &boot).unwrap();
+    std::fs::write(dir.path("secret"), b"not for the guest").unwrap();
+    std::os::unix::fs::symlink(dir.path("secret"), root.join("escape")).unwrap();
+    let _d = user_guest(
+        &dir,
+        &ns,
+        &format!(
+            "user,id=u,restrict=on,tftp={},bootfile=pxelinux.0",
+            root.display()
+        ),
+    );
+    let want = Command::new("sha256sum")
+        .arg(root.join("pxelinux.0"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&want.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for (i, extra) in ["", "-b 1024"].into_iter().enumerate() {
+        let out_file = dir.path(&format!("got{i}"));
+        let (ok, out) = sh(
+            &ns,
+            &format!(
+                "busybox tftp -g {extra} -r pxelinux.0 -l {} 10.0.2.2 && sha256sum {}",
+                out_file.display(),
+                out_file.display()
+            ),
+        );
+        assert!(ok && out.starts_with(&want), "tftp {extra}: {out}");
+    }
+    for name in ["escape", "../secret", "nope"] {
+        let (ok, out) = sh(
+            &ns,
+            &format!("busybox tftp -g -r {name} -l /dev/null 10.0.2.2"),
+        );
+        assert!(!ok, "{name} was served: {out}");
+    }
+}

@@ -68,6 +68,8 @@ pub struct Config {
     pub hostfwd: Vec<HostFwd>,
     /// Guest connections forwarded to commands or host addresses.
     pub guestfwd: Vec<GuestFwd>,
+    /// Root of the read-only TFTP server on the gateway address (none: no TFTP).
+    pub tftp_root: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             mtu: 1500,
             hostfwd: Vec::new(),
             guestfwd: Vec::new(),
+            tftp_root: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod dhcp;
 pub mod stack;
 pub mod tcp;
+pub mod tftp;
 
 pub use config::Config;
 pub use stack::{HostIo, Stack};

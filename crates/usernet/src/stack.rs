@@ -25,6 +25,7 @@ use netdevd_wire::packet::{
 use crate::config::{Config, GuestFwdTarget};
 use crate::dhcp::DhcpServer;
 use crate::tcp::{Phase, TcpFlow, IDLE, RCV_BUF, RTO_MAX, RTO_MIN, SND_BUF, SYN_RETRIES};
+use crate::tftp::TftpServer;
 
 /// UDP flows at once.
 pub const MAX_UDP_FLOWS: usize = 4096;
@@ -101,6 +102,7 @@ pub struct Stack {
     by_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     tcp: HashMap<FlowId, TcpFlow>,
     by_tcp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    tftp: Option<TftpServer>,
     next_id: FlowId,
     ip_id: u16,
     last_expiry: Option<Instant>,
@@ -109,6 +111,7 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(cfg: Config) -> Self {
+        let tftp = cfg.tftp_root.clone().map(TftpServer::new);
         Stack {
             cfg,
             dhcp: DhcpServer::default(),
@@ -118,6 +121,7 @@ impl Stack {
             by_key: HashMap::new(),
             tcp: HashMap::new(),
             by_tcp_key: HashMap::new(),
+            tftp,
             next_id: 1,
             ip_id: 0,
             last_expiry: None,
@@ -248,6 +252,15 @@ impl Stack {
         if udp.dst_port == 67 {
             return self.dhcp(data, now);
         }
+        if ip.dst == self.cfg.host && udp.dst_port == 69 {
+            // TFTP is served even to a restricted guest.
+            let client = SocketAddrV4::new(ip.src, udp.src_port);
+            let reply = self.tftp.as_mut().and_then(|t| t.handle(client, data, now));
+            if let Some(r) = reply {
+                self.tftp_out(client, &r);
+            }
+            return;
+        }
         let guest = SocketAddrV4::new(ip.src, udp.src_port);
         let remote = SocketAddrV4::new(ip.dst, udp.dst_port);
         let _ = eth;
@@ -359,6 +372,47 @@ impl Stack {
             &r.payload,
         );
         self.push(f);
+    }
+
+    fn tftp_out(&mut self, client: SocketAddrV4, payload: &[u8]) {
+        let Some(mac) = self.guest_mac else {
+            return self.who_has(*client.ip());
+        };
+        let id = self.next_ip_id();
+        let ip = Ipv4 {
+            src: self.cfg.host,
+            dst: *client.ip(),
+            proto: PROTO_UDP,
+            ttl: 64,
+            id,
+        };
+        let f = udp_frame(
+            Eth {
+                dst: mac,
+                src: GATEWAY_MAC,
+                ethertype: ETHERTYPE_IPV4,
+            },
+            ip,
+            Udp {
+                src_port: 69,
+                dst_port: client.port(),
+            },
+            payload,
+        );
+        self.push(f);
+    }
+
+    /// Everything timed: TCP retransmissions and idle connections, TFTP retransmissions.
+    pub fn timers(&mut self, now: Instant, io: &mut dyn HostIo) {
+        self.tcp_timers(now, io);
+        let resend = self
+            .tftp
+            .as_mut()
+            .map(|t| t.timers(now))
+            .unwrap_or_default();
+        for (client, p) in resend {
+            self.tftp_out(client, &p);
+        }
     }
 
     /// A datagram arrived on a forwarded host UDP port from a client at port `client_port`:
@@ -964,7 +1018,8 @@ impl Stack {
 
     /// When [`Stack::tcp_timers`] next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.tcp.values().filter_map(|f| f.rto_at).min()
+        let tftp = self.tftp.as_ref().and_then(TftpServer::next_deadline);
+        self.tcp.values().filter_map(|f| f.rto_at).chain(tftp).min()
     }
 
     /// Close flows idle for too long (checked at most once a second).
