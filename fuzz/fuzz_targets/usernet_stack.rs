@@ -42,7 +42,12 @@ impl HostIo for Host {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut s = Stack::new(Config { dns_upstream: vec!["127.0.0.1:53".parse().unwrap()], ..Config::default() });
+    // TFTP names are fuzzed too, rooted in the temp directory (nothing outside can be read).
+    let mut s = Stack::new(Config {
+        dns_upstream: vec!["127.0.0.1:53".parse().unwrap()],
+        tftp_root: Some(std::env::temp_dir()),
+        ..Config::default()
+    });
     let mut now = Instant::now();
     let mut h = Host;
     for (i, frame) in data.split(|&b| b == 0xfe).enumerate() {

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     // Before anything is opened: which fds came from our parent (for `fd=N` options).
     netdevd_sys::record_inherited_fds();
     netdevd_sys::ignore_sigpipe();
+    netdevd_sys::raise_nofile_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NETDEVD_LOG")

@@ -247,11 +247,11 @@ fn tcp_to_the_host_through_the_gateway() {
             .all(|c| c.iter().enumerate().all(|(i, &b)| b == i as u8)),
         "upload bytes differ"
     );
-    // 200 connections at once, each echoing its own bytes.
+    // 1000 connections at once, each echoing its own bytes.
     let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let eport = echo.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for c in echo.incoming().take(200) {
+        for c in echo.incoming().take(1000) {
             let Ok(mut c) = c else { break };
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -264,11 +264,11 @@ fn tcp_to_the_host_through_the_gateway() {
         }
     });
     let script = format!(
-        "import socket\nss=[socket.create_connection(('10.0.2.2',{eport}),timeout=30) for _ in range(200)]\nfor i,s in enumerate(ss): s.sendall(b'conn%05d'%i)\nok=sum(1 for i,s in enumerate(ss) if s.recv(20)==b'conn%05d'%i)\nprint(ok)\n"
+        "import socket, resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\nss=[socket.create_connection(('10.0.2.2',{eport}),timeout=30) for _ in range(1000)]\nfor i,s in enumerate(ss): s.sendall(b'conn%05d'%i)\nok=sum(1 for i,s in enumerate(ss) if s.recv(20)==b'conn%05d'%i)\nprint(ok)\n"
     );
     std::fs::write(dir.path("many.py"), script).unwrap();
     let (ok, out) = sh(&ns, &format!("python3 {}", dir.path("many.py").display()));
-    assert!(ok && out.trim() == "200", "concurrent connections: {out}");
+    assert!(ok && out.trim() == "1000", "concurrent connections: {out}");
     // A port nobody listens on: the guest sees the refusal.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

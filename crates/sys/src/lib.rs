@@ -167,6 +167,20 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> Option<u32> {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit: each guest flow of the user
+/// network is a host socket, and 1024 is too few for a guest with many connections.
+pub fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.maximum
+        .is_some_and(|max| l.current.is_some_and(|cur| cur < max))
+        || l.maximum.is_none()
+    {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
 /// Ignore SIGPIPE: a client that goes away must not kill the daemon.
 pub fn ignore_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no memory effects.
