@@ -66,6 +66,11 @@ pub trait HostIo {
     fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()>;
 }
 
+/// The MSS the stack offers and accepts. The virtual link carries whatever the guest's
+/// interface does, so each direction is bounded by the MSS the guest itself announces (its
+/// MTU), not by the 1500-byte MTU the DHCP server suggests.
+pub const MAX_MSS: u16 = 65495;
+
 /// Flow ids from here on are the driver's (its listening sockets).
 pub const FIRST_DRIVER_ID: FlowId = 0xf000_0000;
 
@@ -595,10 +600,7 @@ impl Stack {
                 f.rcv_nxt = t.seq.wrapping_add(1);
                 f.guest_wscale = t.wscale;
                 f.guest_win = (t.window as u32) << t.wscale.unwrap_or(0);
-                f.guest_mss = t
-                    .mss
-                    .unwrap_or(536)
-                    .min(self.cfg.mtu.saturating_sub(40).max(536));
+                f.guest_mss = t.mss.unwrap_or(536).min(MAX_MSS);
                 f.phase = Phase::Open;
                 f.rto_at = None;
                 f.rto = RTO_MIN;
@@ -690,7 +692,7 @@ impl Stack {
         }
         let nanos = now.elapsed().as_nanos() as u32 ^ (id.wrapping_mul(2_654_435_761));
         let isn = nanos ^ (self.ip_id as u32) << 16;
-        let mss = self.cfg.mtu.saturating_sub(40).max(536);
+        let mss = MAX_MSS;
         let flow = TcpFlow {
             guest,
             remote,
@@ -774,7 +776,7 @@ impl Stack {
         let Some(f) = self.tcp.get(&id) else { return };
         let t = Tcp {
             ack: 0,
-            mss: Some(self.cfg.mtu.saturating_sub(40)),
+            mss: Some(MAX_MSS),
             wscale: Some(0),
             ..f.segment(Tcp::SYN, f.isn)
         };
@@ -786,7 +788,7 @@ impl Stack {
         let Some(f) = self.tcp.get(&id) else { return };
         // Window scaling is on only if both offer it; ours is shift 0.
         let t = Tcp {
-            mss: Some(self.cfg.mtu.saturating_sub(40)),
+            mss: Some(MAX_MSS),
             wscale: f.guest_wscale.map(|_| 0),
             ..f.segment(Tcp::SYN | Tcp::ACK, f.isn)
         };
@@ -1363,7 +1365,7 @@ mod tests {
         let (sa, _) = out[0];
         assert_eq!(sa.flags, Tcp::SYN | Tcp::ACK);
         assert_eq!(sa.ack, 1001);
-        assert_eq!((sa.mss, sa.wscale), (Some(1460), Some(0)));
+        assert_eq!((sa.mss, sa.wscale), (Some(MAX_MSS), Some(0)));
         let mut ours = sa.seq.wrapping_add(1);
         // Guest data reaches the host and is acknowledged.
         let ack = Tcp {
