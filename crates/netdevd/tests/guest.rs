@@ -19,11 +19,7 @@ fn uptime(line: &str) -> f64 {
 #[test]
 fn two_guests_ping_each_other_and_copy_a_file() {
     let dir = TempDir::new("guests");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_tcp_port();
     let vmb = dir.path("vmb.sock");
     let _nd = start_netdevd(
         &dir.path("n.sock"),
@@ -198,27 +194,7 @@ fn guest_gets_a_lease_and_fetches_a_file_from_the_host() {
     let www = dir.path("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("file"), &blob).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _http = common::Proc {
-        child: std::process::Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
-            .arg(&www)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
+    let (_http, port) = common::http_server(&www);
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, "").unwrap();
     let vm = dir.path("vm.sock");

@@ -9,7 +9,7 @@ mod common;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{start_netdevd, start_qemu, Qmp, TempDir};
+use common::{free_tcp_port, start_netdevd, start_qemu, Qmp, TempDir};
 use serde_json::json;
 
 fn free_udp() -> UdpSocket {
@@ -17,14 +17,6 @@ fn free_udp() -> UdpSocket {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     s
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn free_udp_port() -> u16 {

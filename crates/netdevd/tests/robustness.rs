@@ -182,16 +182,8 @@ fn fds_sent_with_garbage_are_not_leaked() {
 fn sustained_transfer_through_a_hub_is_lossless() {
     use std::io::Read;
     let dir = TempDir::new("sustained");
-    let pa = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pb = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let pa = common::free_tcp_port();
+    let pb = common::free_tcp_port();
     let _d = start_netdevd(
         &dir.path("n.sock"),
         &[
@@ -267,16 +259,8 @@ fn sustained_transfer_through_a_hub_is_lossless() {
 fn bad_stream_peers_are_dropped_and_the_next_is_served() {
     use std::io::Read;
     let dir = TempDir::new("badpeer");
-    let pa = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pb = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let pa = common::free_tcp_port();
+    let pb = common::free_tcp_port();
     let sock = dir.path("n.sock");
     let _d = start_netdevd(
         &sock,

@@ -181,33 +181,7 @@ fn tcp_to_the_host_through_the_gateway() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(www.join("blob"), &blob).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _http = Proc {
-        child: Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
-            .arg(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_http, port) = common::http_server(&www);
     let (ok, out) = sh(
         &ns,
         &format!("busybox wget -q -O - http://10.0.2.2:{port}/blob | sha256sum"),
@@ -270,11 +244,7 @@ fn tcp_to_the_host_through_the_gateway() {
     let (ok, out) = sh(&ns, &format!("python3 {}", dir.path("many.py").display()));
     assert!(ok && out.trim() == "1000", "concurrent connections: {out}");
     // A port nobody listens on: the guest sees the refusal.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = common::free_tcp_port();
     let (ok, out) = sh(&ns, &format!("python3 -c \"import socket; socket.create_connection(('10.0.2.2',{closed}),timeout=5)\""));
     assert!(!ok && out.contains("refused"), "{out}");
 }
@@ -286,11 +256,7 @@ fn hostfwd_reaches_a_server_in_the_namespace() {
     use std::io::{Read, Write};
     let dir = TempDir::new("userfwd");
     let ns = Netns::new("ufwd");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_tcp_port();
     let _d = user_guest(
         &dir,
         &ns,
@@ -298,23 +264,7 @@ fn hostfwd_reaches_a_server_in_the_namespace() {
     );
     // A server in the namespace: reads a line, answers with it and 2 MiB of data.
     let server = "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',8080)); l.listen(4); print('up', flush=True)\nfor _ in range(3):\n    c,a=l.accept(); f=c.makefile('rb'); line=f.readline()\n    c.sendall(line + bytes(range(256))*8192); c.shutdown(socket.SHUT_WR); f.close(); c.close()\n";
-    std::fs::write(dir.path("srv.py"), server).unwrap();
-    let mut srv = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3"])
-            .arg(dir.path("srv.py"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(srv.child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "up");
+    let mut srv = common::ns_python(&ns, server);
     for i in 0..3 {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -355,11 +305,7 @@ fn restrict_isolates_the_guest() {
     use std::io::Read;
     let dir = TempDir::new("userrestrict");
     let ns = Netns::new("urst");
-    let fwd = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let fwd = common::free_tcp_port();
     let _d = user_guest(
         &dir,
         &ns,
@@ -394,19 +340,7 @@ fn restrict_isolates_the_guest() {
     );
     assert!(ok && out.contains("obtained"), "DHCP under restrict: {out}");
     // The forward into the guest works.
-    let mut srv = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',9000)); l.listen(1); print('up', flush=True)\nc,a=l.accept(); c.sendall(b'inside'); c.shutdown(socket.SHUT_WR); c.recv(1)"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(srv.child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut srv = common::ns_python(&ns, "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',9000)); l.listen(1); print('up', flush=True)\nc,a=l.accept(); c.sendall(b'inside'); c.shutdown(socket.SHUT_WR); c.recv(1)");
     let mut c = std::net::TcpStream::connect(("127.0.0.1", fwd)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut got = String::new();
@@ -432,20 +366,7 @@ fn udp_hostfwd_round_trips() {
         &ns,
         &format!("user,id=u,hostfwd=udp:127.0.0.1:{port}-:5353"),
     );
-    let mut srv = Proc {
-        child: Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0',5353)); print('up', flush=True)\nfor _ in range(6):\n    d,a=s.recvfrom(2000); s.sendto(d.upper(), a)\n"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(srv.child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "up");
+    let mut srv = common::ns_python(&ns, "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0',5353)); print('up', flush=True)\nfor _ in range(6):\n    d,a=s.recvfrom(2000); s.sendto(d.upper(), a)\n");
     for client in 0..2 {
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
         c.set_read_timeout(Some(Duration::from_millis(300)))

@@ -410,3 +410,58 @@ impl Guest {
         }
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Python's HTTP server on 127.0.0.1 serving `dir`; returns once it accepts connections.
+pub fn http_server(dir: &Path) -> (Proc, u16) {
+    let port = free_tcp_port();
+    let p = Proc {
+        child: Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the HTTP server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, port)
+}
+
+/// Run a Python `script` inside `ns`; returns once it printed its first line ("up").
+pub fn ns_python(ns: &Netns, script: &str) -> Proc {
+    let mut p = Proc {
+        child: Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    };
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(p.child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "up", "the namespace server did not start");
+    p
+}
