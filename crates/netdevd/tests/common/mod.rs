@@ -339,6 +339,11 @@ impl Guest {
     pub fn boot_with(name: &str, scratch: &Path, net_args: &[String], script: &str) -> Guest {
         let g = guest_dir();
         let mut initrd = std::fs::read(g.join("initramfs.cpio.gz")).unwrap();
+        // The kernel looks for an uncompressed archive only at a 4-byte boundary after the
+        // compressed one and skips NULs in between; the .gz length varies from build to build.
+        while initrd.len() % 4 != 0 {
+            initrd.push(0);
+        }
         initrd.extend(newc_archive(&[("test.sh", script.as_bytes(), 0o755)]));
         let initrd_path = scratch.join(format!("{name}.initrd"));
         std::fs::write(&initrd_path, initrd).unwrap();
