@@ -341,7 +341,7 @@ impl Guest {
         let mut initrd = std::fs::read(g.join("initramfs.cpio.gz")).unwrap();
         // The kernel looks for an uncompressed archive only at a 4-byte boundary after the
         // compressed one and skips NULs in between; the .gz length varies from build to build.
-        while initrd.len() % 4 != 0 {
+        while !initrd.len().is_multiple_of(4) {
             initrd.push(0);
         }
         initrd.extend(newc_archive(&[("test.sh", script.as_bytes(), 0o755)]));
