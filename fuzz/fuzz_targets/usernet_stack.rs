@@ -22,6 +22,9 @@ impl HostIo for Host {
         Ok(())
     }
     fn udp_close(&mut self, _id: FlowId) {}
+    fn icmp_open(&mut self, _id: FlowId, _t: std::net::Ipv4Addr) -> io::Result<()> {
+        Ok(())
+    }
     fn tcp_connect(&mut self, _id: FlowId, _t: SocketAddr) -> io::Result<()> {
         Ok(())
     }

@@ -105,6 +105,20 @@ impl HostIo for Host<'_> {
         Ok(())
     }
 
+    fn icmp_open(&mut self, id: FlowId, target: std::net::Ipv4Addr) -> io::Result<()> {
+        let fd = rnet::socket_with(
+            AddressFamily::INET,
+            SocketType::DGRAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            Some(rnet::ipproto::ICMP),
+        )?;
+        rnet::connect(&fd, &SocketAddr::from((target, 0)))?;
+        self.reg.add(fd.as_fd(), id, Interest::READ)?;
+        // A datagram socket like the UDP ones: send and recv carry whole ICMP messages.
+        self.socks.insert(id, Sock::Udp(UdpSocket::from(fd)));
+        Ok(())
+    }
+
     fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()> {
         match self.socks.get(&id) {
             Some(Sock::Udp(s)) => s.send(data).map(|_| ()),

@@ -464,6 +464,17 @@ fn tftp_serves_the_boot_file_and_nothing_outside_its_root() {
         );
         assert!(ok && out.starts_with(&want), "tftp {extra}: {out}");
     }
+    // tftp-hpa, the client PXE set-ups use on Linux.
+    let out_file = dir.path("got-hpa");
+    let (ok, out) = sh(
+        &ns,
+        &format!(
+            "tftp 10.0.2.2 -m binary -c get pxelinux.0 {} && sha256sum {}",
+            out_file.display(),
+            out_file.display()
+        ),
+    );
+    assert!(ok && out.starts_with(&want), "tftp-hpa: {out}");
     for name in ["escape", "../secret", "nope"] {
         let (ok, out) = sh(
             &ns,

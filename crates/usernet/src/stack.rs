@@ -11,6 +11,11 @@
 //! itself. Flows expire after [`UDP_IDLE`] (DNS after [`DNS_IDLE`]); at most
 //! [`MAX_UDP_FLOWS`] exist, past which new flows are refused (counted in `refused`).
 //! Frames queued for the guest are bounded by [`TO_GUEST_CAP`].
+//!
+//! ICMP: echo requests to the stack's addresses are answered by the stack; to an address
+//! outside they go out through an unprivileged ICMP socket per (guest, identifier,
+//! destination), counted with the UDP flows, and the replies come back with the guest's
+//! identifier. Where the host does not allow such sockets the request is dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -33,6 +38,8 @@ pub const MAX_UDP_FLOWS: usize = 4096;
 pub const UDP_IDLE: Duration = Duration::from_secs(240);
 /// An idle DNS flow lives this long.
 pub const DNS_IDLE: Duration = Duration::from_secs(10);
+/// An idle ICMP echo flow lives this long.
+pub const ICMP_IDLE: Duration = Duration::from_secs(10);
 /// Frames waiting for the guest.
 pub const TO_GUEST_CAP: usize = 4096;
 /// The MAC every stack address answers with (libslirp's `special_ethaddr`).
@@ -48,6 +55,11 @@ pub trait HostIo {
     fn udp_open(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
     fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()>;
     fn udp_close(&mut self, id: FlowId);
+    /// Open an unprivileged ICMP echo socket (`SOCK_DGRAM`, `IPPROTO_ICMP`) connected to
+    /// `target` for flow `id`; [`HostIo::udp_send`] sends echo requests on it and its replies
+    /// go to [`Stack::from_host`], as for UDP. Fails where the host does not allow such
+    /// sockets (`net.ipv4.ping_group_range`).
+    fn icmp_open(&mut self, id: FlowId, target: Ipv4Addr) -> io::Result<()>;
     /// Start a non-blocking TCP connect to `target` for flow `id`; the outcome goes to
     /// [`Stack::tcp_connected`].
     fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
@@ -84,6 +96,9 @@ struct UdpFlow {
     remote: SocketAddrV4,
     last: Instant,
     idle: Duration,
+    /// An ICMP echo flow: `guest` holds the guest's echo identifier as its port, `remote`
+    /// port 0.
+    icmp: bool,
 }
 
 /// Counters.
@@ -105,6 +120,7 @@ pub struct Stack {
     to_guest: VecDeque<Vec<u8>>,
     flows: HashMap<FlowId, UdpFlow>,
     by_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    by_icmp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     tcp: HashMap<FlowId, TcpFlow>,
     by_tcp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     tftp: Option<TftpServer>,
@@ -124,6 +140,7 @@ impl Stack {
             to_guest: VecDeque::new(),
             flows: HashMap::new(),
             by_key: HashMap::new(),
+            by_icmp_key: HashMap::new(),
             tcp: HashMap::new(),
             by_tcp_key: HashMap::new(),
             tftp,
@@ -218,16 +235,19 @@ impl Stack {
         match ip.proto {
             PROTO_UDP => self.udp(eth, ip, payload, now, io),
             PROTO_TCP => self.tcp_from_guest(ip, payload, now, io),
-            PROTO_ICMP => self.icmp(eth, ip, payload),
+            PROTO_ICMP => self.icmp(eth, ip, payload, now, io),
             _ => self.drop_frame(),
         }
     }
 
-    fn icmp(&mut self, eth: Eth, ip: Ipv4, p: &[u8]) {
-        // Echo requests to the stack's own addresses are answered here.
-        if p.len() < 8 || p[0] != 8 || !self.is_ours(ip.dst) {
+    fn icmp(&mut self, eth: Eth, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
+        if p.len() < 8 || p[0] != 8 || p[1] != 0 {
             return self.drop_frame();
         }
+        if !self.is_ours(ip.dst) {
+            return self.icmp_out(ip, p, now, io);
+        }
+        // Echo requests to the stack's own addresses are answered here.
         let mut reply = p.to_vec();
         reply[0] = 0;
         let id = self.next_ip_id();
@@ -248,6 +268,58 @@ impl Stack {
             &reply,
         );
         self.push(f);
+    }
+
+    /// An echo request to an address outside: through an ICMP socket of its own per
+    /// (guest, identifier, destination).
+    fn icmp_out(&mut self, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
+        let echo_id = u16::from_be_bytes([p[4], p[5]]);
+        let guest = SocketAddrV4::new(ip.src, echo_id);
+        let remote = SocketAddrV4::new(ip.dst, 0);
+        let id = match self.by_icmp_key.get(&(guest, remote)) {
+            Some(&id) => id,
+            None => {
+                let dst = ip.dst;
+                if self.cfg.restrict
+                    || self.cfg.contains(dst)
+                    || dst.is_broadcast()
+                    || dst.is_multicast()
+                    || dst.is_unspecified()
+                    || dst.is_loopback()
+                {
+                    return self.drop_frame();
+                }
+                if self.flows.len() >= MAX_UDP_FLOWS {
+                    self.stats.refused += 1;
+                    return;
+                }
+                let id = self.alloc_id();
+                if let Err(e) = io.icmp_open(id, dst) {
+                    tracing::debug!("ping {dst}: no ICMP socket: {e}");
+                    self.stats.refused += 1;
+                    return;
+                }
+                self.flows.insert(
+                    id,
+                    UdpFlow {
+                        guest,
+                        remote,
+                        last: now,
+                        idle: ICMP_IDLE,
+                        icmp: true,
+                    },
+                );
+                self.by_icmp_key.insert((guest, remote), id);
+                id
+            }
+        };
+        if let Some(f) = self.flows.get_mut(&id) {
+            f.last = now;
+        }
+        // The kernel puts the socket's own identifier in and computes the checksum.
+        if io.udp_send(id, p).is_err() {
+            self.stats.dropped += 1;
+        }
     }
 
     fn udp(&mut self, eth: Eth, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
@@ -345,6 +417,7 @@ impl Stack {
                 remote,
                 last: now,
                 idle,
+                icmp: false,
             },
         );
         self.by_key.insert((guest, remote), id);
@@ -447,6 +520,7 @@ impl Stack {
                         remote,
                         last: now,
                         idle: UDP_IDLE,
+                        icmp: false,
                     },
                 );
                 self.by_key.insert((guest, remote), id);
@@ -467,6 +541,9 @@ impl Stack {
         let Some(mac) = self.guest_mac else {
             return self.who_has(*flow.guest.ip());
         };
+        if flow.icmp {
+            return self.icmp_reply(flow, mac, data);
+        }
         let ipid = self.next_ip_id();
         let ip = Ipv4 {
             src: *flow.remote.ip(),
@@ -494,6 +571,31 @@ impl Stack {
             udp,
             data,
         );
+        self.push(f);
+    }
+
+    /// An echo reply on an ICMP flow's socket goes to the guest with the guest's identifier.
+    fn icmp_reply(&mut self, flow: UdpFlow, mac: [u8; 6], data: &[u8]) {
+        if data.len() < 8 || data[0] != 0 || data.len() + 28 > self.cfg.mtu as usize {
+            self.stats.dropped += 1;
+            return;
+        }
+        let mut reply = data.to_vec();
+        reply[4..6].copy_from_slice(&flow.guest.port().to_be_bytes());
+        let ipid = self.next_ip_id();
+        let ip = Ipv4 {
+            src: *flow.remote.ip(),
+            dst: *flow.guest.ip(),
+            proto: PROTO_ICMP,
+            ttl: 64,
+            id: ipid,
+        };
+        let eth = Eth {
+            dst: mac,
+            src: GATEWAY_MAC,
+            ethertype: ETHERTYPE_IPV4,
+        };
+        let f = icmp_frame(eth, ip, &reply);
         self.push(f);
     }
 
@@ -1041,7 +1143,11 @@ impl Stack {
             .collect();
         for id in dead {
             if let Some(f) = self.flows.remove(&id) {
-                self.by_key.remove(&(f.guest, f.remote));
+                if f.icmp {
+                    self.by_icmp_key.remove(&(f.guest, f.remote));
+                } else {
+                    self.by_key.remove(&(f.guest, f.remote));
+                }
                 io.udp_close(id);
             }
         }
@@ -1073,6 +1179,10 @@ mod tests {
         }
         fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()> {
             self.sent.push((id, data.to_vec()));
+            Ok(())
+        }
+        fn icmp_open(&mut self, id: FlowId, target: Ipv4Addr) -> io::Result<()> {
+            self.open.insert(id, SocketAddr::from((target, 0)));
             Ok(())
         }
         fn udp_close(&mut self, id: FlowId) {
@@ -1219,6 +1329,68 @@ mod tests {
             netdevd_wire::checksum::fold(netdevd_wire::checksum::sum(p, 0)),
             0xffff
         );
+    }
+
+    #[test]
+    fn ping_outside_goes_through_an_icmp_socket() {
+        let mut s = stack();
+        let mut h = FakeHost::default();
+        let far = Ipv4Addr::new(198, 18, 0, 9);
+        let ping = |s: &mut Stack, h: &mut FakeHost, dst: Ipv4Addr, seq: u8| {
+            let ip = Ipv4 {
+                src: Ipv4Addr::new(10, 0, 2, 15),
+                dst,
+                proto: PROTO_ICMP,
+                ttl: 64,
+                id: 9,
+            };
+            let eth = Eth {
+                dst: GATEWAY_MAC,
+                src: GUEST,
+                ethertype: ETHERTYPE_IPV4,
+            };
+            let echo = [8, 0, 0, 0, 0x12, 0x34, 0, seq, b'h', b'i'];
+            s.from_guest(&icmp_frame(eth, ip, &echo), Instant::now(), h);
+        };
+        ping(&mut s, &mut h, far, 1);
+        ping(&mut s, &mut h, far, 2);
+        // One socket for the (guest, identifier, destination); both requests sent on it.
+        assert_eq!(h.open.len(), 1);
+        let (&id, &target) = h.open.iter().next().unwrap();
+        assert_eq!(target, SocketAddr::from((far, 0)));
+        assert_eq!(h.sent.iter().filter(|(i, _)| *i == id).count(), 2);
+        // The kernel's reply carries the socket's identifier; the guest gets its own back.
+        s.from_host(
+            id,
+            &[0, 0, 0xaa, 0xbb, 0x77, 0x77, 0, 1, b'h', b'i'],
+            Instant::now(),
+        );
+        let f = s.pop_frame().unwrap();
+        let (_, rest) = Eth::parse(&f).unwrap();
+        let (rip, p) = Ipv4::parse(rest).unwrap();
+        assert_eq!(
+            (rip.src, rip.dst, rip.proto),
+            (far, Ipv4Addr::new(10, 0, 2, 15), PROTO_ICMP)
+        );
+        assert_eq!(&p[..10], &[0, 0, p[2], p[3], 0x12, 0x34, 0, 1, b'h', b'i']);
+        assert_eq!(
+            netdevd_wire::checksum::fold(netdevd_wire::checksum::sum(&p[..10], 0)),
+            0xffff
+        );
+        // Anything but an echo reply from the socket is dropped.
+        s.from_host(id, &[3, 1, 0, 0, 0, 0, 0, 0], Instant::now());
+        assert!(s.pop_frame().is_none());
+        // Loopback, the guest network and restricted guests get nothing out.
+        ping(&mut s, &mut h, Ipv4Addr::new(127, 0, 0, 1), 3);
+        ping(&mut s, &mut h, Ipv4Addr::new(10, 0, 2, 77), 3);
+        assert_eq!(h.open.len(), 1);
+        let mut r = Stack::new(Config {
+            restrict: true,
+            ..Config::default()
+        });
+        let mut h2 = FakeHost::default();
+        ping(&mut r, &mut h2, far, 1);
+        assert!(h2.open.is_empty());
     }
 
     #[test]
