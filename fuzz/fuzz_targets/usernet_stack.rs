@@ -31,14 +31,16 @@ impl HostIo for Host {
     fn tcp_send(&mut self, _id: FlowId, d: &[u8]) -> io::Result<usize> {
         Ok(d.len() / 2)
     }
-    fn tcp_recv(&mut self, _id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(3000);
+    fn tcp_peek(&mut self, _id: FlowId, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
+        // 3000 bytes at most past the oldest, then end of stream.
+        let n = buf.len().min(3000usize.saturating_sub(skip));
         buf[..n].fill(7);
         Ok(n)
     }
+    fn tcp_consume(&mut self, _id: FlowId, _n: usize) {}
     fn tcp_shutdown(&mut self, _id: FlowId) {}
     fn tcp_close(&mut self, _id: FlowId, _abort: bool) {}
-    fn tcp_watch(&mut self, _id: FlowId, _r: bool, _w: bool) {}
+    fn tcp_watch(&mut self, _id: FlowId, _w: bool) {}
     fn tcp_command(&mut self, _id: FlowId, _argv: &[String]) -> io::Result<()> {
         Ok(())
     }

@@ -205,10 +205,7 @@ impl DgramBackend {
     }
 
     fn update_interest(&mut self) {
-        let want = Interest {
-            read: !self.paused,
-            write: self.blocked,
-        };
+        let want = Interest::level(!self.paused, self.blocked);
         if want != self.interest {
             if let Some(s) = &self.sock {
                 if self.reg.modify(s.as_fd(), SUB_SOCK, want).is_ok() {

@@ -283,10 +283,10 @@ impl StreamBackend {
     }
 
     fn wanted(&self) -> Interest {
-        Interest {
-            read: !self.paused && !self.connecting,
-            write: !self.tx.is_empty() || self.connecting,
-        }
+        Interest::level(
+            !self.paused && !self.connecting,
+            !self.tx.is_empty() || self.connecting,
+        )
     }
 
     fn update_interest(&mut self) {

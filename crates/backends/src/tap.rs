@@ -110,10 +110,7 @@ impl TapBackend {
 
     fn update_interest(&mut self) {
         for (i, q) in self.queues.iter_mut().enumerate() {
-            let want = Interest {
-                read: !self.paused,
-                write: i == 0 && self.blocked,
-            };
+            let want = Interest::level(!self.paused, i == 0 && self.blocked);
             if want != q.interest && self.reg.modify(q.fd.as_fd(), i as u32, want).is_ok() {
                 q.interest = want;
             }

@@ -32,6 +32,10 @@ enum Sock {
         fd: OwnedFd,
         connecting: bool,
         interest: Interest,
+        /// `SO_PEEK_OFF` works on it (see [`HostIo::tcp_peek`]).
+        peek_off: bool,
+        /// A socket pair to a `guestfwd` command (not TCP: consumed by reading).
+        unix: bool,
     },
     /// A flow through a UDP forward: replies go out of forward `fwd`'s socket to `peer`.
     UdpFwd {
@@ -49,6 +53,13 @@ impl Sock {
             Sock::UdpFwd { .. } => None,
         }
     }
+}
+
+/// Whether `SO_PEEK_OFF` can be used on `fd` (TCP since Linux 6.9). The environment
+/// variable `NETDEVD_NO_PEEK_OFF=1` says no, to exercise the older kernels' way in tests.
+fn peek_off_usable(fd: BorrowedFd<'_>) -> bool {
+    std::env::var_os("NETDEVD_NO_PEEK_OFF").is_none_or(|v| v != "1")
+        && netdevd_sys::set_peek_off(fd, 0).is_ok()
 }
 
 /// The host socket of a `hostfwd` rule: listening (TCP) or bound (UDP).
@@ -69,6 +80,8 @@ pub struct UserBackend {
     children: Vec<std::process::Child>,
     events: Events,
     buf: Vec<u8>,
+    /// See [`Host::scratch`].
+    scratch: Vec<u8>,
     info: String,
 }
 
@@ -79,6 +92,9 @@ struct Host<'a> {
     forwards: &'a [Forward],
     /// Commands started for `guestfwd` connections, reaped as they exit.
     children: &'a mut Vec<std::process::Child>,
+    /// Where bytes that are not wanted go: consumed unix-socket bytes, and on kernels
+    /// without TCP `SO_PEEK_OFF` the already-sent bytes a peek from the start returns.
+    scratch: &'a mut Vec<u8>,
 }
 
 impl Host<'_> {
@@ -158,9 +174,11 @@ impl HostIo for Host<'_> {
         self.socks.insert(
             id,
             Sock::Tcp {
+                peek_off: peek_off_usable(fd.as_fd()),
                 fd,
                 connecting: true,
                 interest: Interest::WRITE,
+                unix: false,
             },
         );
         Ok(())
@@ -174,8 +192,58 @@ impl HostIo for Host<'_> {
         }
     }
 
-    fn tcp_recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(rustix::io::read(self.tcp_fd(id)?, buf)?)
+    fn tcp_peek(&mut self, id: FlowId, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(Sock::Tcp { fd, peek_off, .. }) = self.socks.get(&id) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let flags = rnet::RecvFlags::PEEK | rnet::RecvFlags::DONTWAIT;
+        let r = if *peek_off {
+            netdevd_sys::set_peek_off(fd.as_fd(), skip)?;
+            rnet::recv(fd, buf, flags).map(|(n, _)| n)
+        } else {
+            // From the start: the first `skip` bytes (sent already) land in the scratch.
+            if self.scratch.len() < skip {
+                self.scratch.resize(skip, 0);
+            }
+            let mut iov = [
+                io::IoSliceMut::new(&mut self.scratch[..skip]),
+                io::IoSliceMut::new(buf),
+            ];
+            let mut control = rnet::RecvAncillaryBuffer::default();
+            match rnet::recvmsg(fd, &mut iov, &mut control, flags) {
+                // Nothing past what was sent: only once all is acknowledged (skip 0) can
+                // a zero read mean end of stream.
+                Ok(m) if m.bytes <= skip && skip > 0 => Err(Errno::AGAIN),
+                Ok(m) => Ok(m.bytes.saturating_sub(skip)),
+                Err(e) => Err(e),
+            }
+        };
+        match r {
+            Ok(n) => Ok(n),
+            Err(Errno::AGAIN) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn tcp_consume(&mut self, id: FlowId, mut n: usize) {
+        let Some(Sock::Tcp { fd, unix, .. }) = self.socks.get(&id) else {
+            return;
+        };
+        while n > 0 {
+            let r = if *unix {
+                let k = n.min(64 * 1024);
+                if self.scratch.len() < k {
+                    self.scratch.resize(k, 0);
+                }
+                rustix::io::read(fd, &mut self.scratch[..k]).map_err(io::Error::from)
+            } else {
+                netdevd_sys::tcp_discard(fd.as_fd(), n)
+            };
+            match r {
+                Ok(0) | Err(_) => return,
+                Ok(k) => n -= k.min(n),
+            }
+        }
     }
 
     fn tcp_shutdown(&mut self, id: FlowId) {
@@ -215,22 +283,25 @@ impl HostIo for Host<'_> {
         self.socks.insert(
             id,
             Sock::Tcp {
+                peek_off: peek_off_usable(mine.as_fd()),
                 fd: mine,
                 connecting: true,
                 interest: Interest::WRITE,
+                unix: true,
             },
         );
         Ok(())
     }
 
-    fn tcp_watch(&mut self, id: FlowId, read: bool, write: bool) {
+    fn tcp_watch(&mut self, id: FlowId, write: bool) {
         if let Some(Sock::Tcp {
             fd,
             connecting: false,
             interest,
+            ..
         }) = self.socks.get_mut(&id)
         {
-            let want = Interest { read, write };
+            let want = Interest::level(true, write).edge();
             if want != *interest && self.reg.modify(fd.as_fd(), id, want).is_ok() {
                 *interest = want;
             }
@@ -283,7 +354,11 @@ impl UserBackend {
         }
         Ok(UserBackend {
             reg,
-            stack: Stack::new(cfg),
+            stack: {
+                let mut s = Stack::new(cfg);
+                s.set_offload(true);
+                s
+            },
             socks: HashMap::new(),
             forwards,
             children: Vec::new(),
@@ -292,6 +367,7 @@ impl UserBackend {
                 drained: false,
             },
             buf: vec![0u8; 65536],
+            scratch: Vec::new(),
             info,
         })
     }
@@ -350,9 +426,11 @@ impl UserBackend {
                 self.socks.insert(
                     id,
                     Sock::Tcp {
+                        peek_off: peek_off_usable(fd.as_fd()),
                         fd,
                         connecting: false,
                         interest: Interest::NONE,
+                        unix: false,
                     },
                 );
             }
@@ -367,10 +445,24 @@ impl Endpoint for UserBackend {
             socks: &mut self.socks,
             forwards: &self.forwards,
             children: &mut self.children,
+            scratch: &mut self.scratch,
         };
-        self.stack
-            .from_guest(&frame.data, Instant::now(), &mut host);
+        match &frame.offload {
+            Some(hdr) if hdr.needs_work() => {
+                self.stack
+                    .from_guest_offloaded(&frame.data, hdr, Instant::now(), &mut host)
+            }
+            _ => self
+                .stack
+                .from_guest(&frame.data, Instant::now(), &mut host),
+        }
         Rx::Taken
+    }
+
+    /// Offloaded frames are taken as they are: a TCP segment of 64 KiB goes to the host
+    /// socket in one write, and partial checksums need no finishing.
+    fn accepts_offloads(&self) -> bool {
+        true
     }
 
     fn close(&mut self) {
@@ -420,6 +512,7 @@ impl Backend for UserBackend {
                 fd,
                 connecting,
                 interest,
+                ..
             }) => {
                 if *connecting {
                     if !(r.writable || r.closed) {
@@ -434,6 +527,7 @@ impl Backend for UserBackend {
                         socks: &mut self.socks,
                         forwards: &self.forwards,
                         children: &mut self.children,
+                        scratch: &mut self.scratch,
                     };
                     self.stack.tcp_connected(sub, ok, now, &mut host);
                     return;
@@ -443,6 +537,7 @@ impl Backend for UserBackend {
                     socks: &mut self.socks,
                     forwards: &self.forwards,
                     children: &mut self.children,
+                    scratch: &mut self.scratch,
                 };
                 if r.writable {
                     self.stack.tcp_writable(sub, now, &mut host);
@@ -461,7 +556,7 @@ impl Backend for UserBackend {
     }
 
     fn has_pending(&self) -> bool {
-        self.stack.has_frames()
+        self.stack.has_frames() || self.stack.has_blocked()
     }
 
     fn timers(&mut self, now: Instant) {
@@ -470,16 +565,26 @@ impl Backend for UserBackend {
             socks: &mut self.socks,
             forwards: &self.forwards,
             children: &mut self.children,
+            scratch: &mut self.scratch,
         };
         self.stack.timers(now, &mut host);
     }
 
     fn poll_frame(&mut self, out: &mut Frame) -> bool {
-        match self.stack.pop_frame() {
-            Some(f) => {
-                out.data.clear();
-                out.data.extend_from_slice(&f);
-                out.offload = None;
+        if !self.stack.has_frames() && self.stack.has_blocked() {
+            let mut host = Host {
+                reg: &self.reg,
+                socks: &mut self.socks,
+                forwards: &self.forwards,
+                children: &mut self.children,
+                scratch: &mut self.scratch,
+            };
+            self.stack.resume(Instant::now(), &mut host);
+        }
+        match self.stack.pop_frame_offload() {
+            Some((f, hdr)) => {
+                out.data = f;
+                out.offload = hdr;
                 true
             }
             None => false,

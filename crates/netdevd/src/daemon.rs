@@ -351,10 +351,10 @@ impl Daemon {
             self.conns[idx] = None;
             return;
         }
-        let want = Interest {
-            read: !conn.closing && conn.out.len() <= MAX_OUTPUT,
-            write: !conn.out.is_empty(),
-        };
+        let want = Interest::level(
+            !conn.closing && conn.out.len() <= MAX_OUTPUT,
+            !conn.out.is_empty(),
+        );
         if want != conn.interest
             && self
                 .reactor

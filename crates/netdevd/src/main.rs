@@ -19,13 +19,21 @@ fn main() -> ExitCode {
     netdevd_sys::record_inherited_fds();
     netdevd_sys::ignore_sigpipe();
     netdevd_sys::raise_nofile_limit();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NETDEVD_LOG")
-                .unwrap_or_else(|_| "info".into()),
+    // `NETDEVD_LOG`: a level (`debug`) or per-target levels (`netdevd_usernet=debug,warn`);
+    // tracing's `Targets` syntax, which needs no regular expressions (a smaller daemon).
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter: tracing_subscriber::filter::Targets = std::env::var("NETDEVD_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| "info".parse().expect("a valid default"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(filter)
         .init();
     let cmd = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,

@@ -483,3 +483,113 @@ fn tftp_serves_the_boot_file_and_nothing_outside_its_root() {
         assert!(!ok, "{name} was served: {out}");
     }
 }
+
+/// Bad input from the guest: while a 16 MiB download runs, the namespace writes 3000
+/// malformed frames straight onto its tap (truncated at every layer, lengths that
+/// contradict the frame, 9000-byte frames, TCP flag combinations that make no sense,
+/// segments for connections that do not exist, IP fragments, garbage). The download
+/// arrives intact, and the daemon still answers ping and QMP.
+#[test]
+fn malformed_frames_are_dropped_and_other_flows_go_on() {
+    let dir = TempDir::new("userbad");
+    let ns = Netns::new("ubad");
+    let _d = user_guest(&dir, &ns, "user,id=u");
+    let (ok, out) = sh(&ns, "ip link set tap0 mtu 9000");
+    assert!(ok, "{out}");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).unwrap();
+    let (_http, port) = common::http_server(&www);
+    let want = Command::new("md5sum")
+        .arg(www.join("blob"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&want.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // The download, throttled so that it is still running while the bad frames go in.
+    let download = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c"])
+        .arg(format!(
+            "curl -sS --max-time 120 --limit-rate 4M http://10.0.2.2:{port}/blob | md5sum"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let inject = r#"
+import random, socket, struct
+random.seed(7)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('tap0', 0))
+me = bytes.fromhex(open('/sys/class/net/tap0/address').read().strip().replace(':', ''))
+gw = bytes.fromhex('52550a000202')
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return (~t) & 0xffff
+def ip(proto, payload, tot=None, ihl=5, frag=0x4000, dst=b'\x0a\x00\x02\x02'):
+    h = struct.pack('!BBHHHBBH4s4s', 0x40 | ihl, 0, tot if tot is not None else 20 + len(payload), 1, frag, 64, proto, 0, b'\x0a\x00\x02\x0f', dst)
+    h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+    return h + b'\0' * (ihl * 4 - 20 if ihl > 5 else 0) + payload
+def tcp(sport, dport, flags, off=5, data=b'', seq=1, ack=0):
+    return struct.pack('!HHIIBBHHH', sport, dport, seq, ack, off << 4, flags, 65535, 0, 0) + data
+def udp(sport, dport, data, length=None):
+    return struct.pack('!HHHH', sport, dport, length if length is not None else 8 + len(data), 0) + data
+eth = gw + me + b'\x08\x00'
+arp = gw + me + b'\x08\x06'
+bad = [
+    b'', gw, gw + me, eth, eth + b'\x45', arp, arp + b'\x00\x01\x08\x00\x06',
+    arp + b'\x00\x01\x08\x00\x06\x04\x00\x01' + me + b'\x0a\x00\x02\x0f' + b'\0' * 6 + b'\x0a\x00\x02\x02' + b'\0' * 9000,
+    eth + ip(6, b'')[:15], eth + ip(6, tcp(1, 80, 2)[:10]),
+    eth + ip(6, tcp(1, 80, 2), tot=60000), eth + ip(6, tcp(1, 80, 2), tot=10),
+    eth + ip(6, tcp(1, 80, 2), ihl=15), eth + ip(6, tcp(1, 80, 2), ihl=3),
+    eth + ip(6, tcp(1, 80, 0x02 | 0x01 | 0x04, off=15)), eth + ip(6, tcp(1, 80, 2, off=2)),
+    eth + ip(17, udp(1, 53, b'x' * 100, length=4000)), eth + ip(17, udp(1, 53, b'x', length=3)),
+    eth + ip(17, udp(68, 67, b'\x01' * 8000)), eth + ip(17, udp(68, 67, b'\x01\x01\x06')),
+    eth + ip(17, udp(5, 69, b'\x00\x01' + b'a' * 8000)), eth + ip(17, udp(5, 69, b'\x00')),
+    eth + ip(1, b'\x08\x00'), eth + ip(1, b'\x08\x00\x00\x00\x00\x01\x00\x01' + b'p' * 8900),
+    eth + ip(6, tcp(1, 80, 0x3f)), eth + ip(6, tcp(2, 81, 0x10, data=b'data for no one')),
+    eth + ip(6, tcp(3, 82, 0x02, data=b'x' * 8900)),
+    eth + ip(17, udp(1, 2, b'fragment'), frag=0x2000), eth + ip(17, udp(1, 2, b'frag'), frag=0x0010),
+    eth + ip(99, b'unknown protocol'), gw + me + b'\x86\xdd' + b'\x60' + b'\0' * 60,
+    gw + me + b'\x81\x00\x00\x05\x08\x00' + ip(6, tcp(1, 80, 2)),
+]
+n = 0
+for i in range(3000):
+    f = bad[i % len(bad)] if i < 2000 else bytes(random.getrandbits(8) for _ in range(random.randrange(1, 1600)))
+    if i >= 2000 and random.random() < 0.5:
+        f = eth + f
+    try:
+        s.send(f)
+        n += 1
+    except OSError:
+        pass
+print(n)
+"#;
+    let (ok, out) = sh(
+        &ns,
+        &format!("python3 -c \"{}\"", inject.replace('"', "\\\"")),
+    );
+    assert!(ok, "injector: {out}");
+    let sent: usize = out.trim().parse().unwrap_or(0);
+    assert!(sent > 2500, "only {sent} bad frames went out");
+    let out = download.wait_with_output().unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        got.starts_with(&want),
+        "the download was hurt: {got} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out) = sh(&ns, "ping -c 1 -W 2 10.0.2.2");
+    assert!(ok, "ping after the bad frames: {out}");
+    let mut q = common::Qmp::negotiated(&dir.path("n.sock"));
+    let r = q.cmd(&serde_json::json!({"execute": "x-query-netdev-stats"}));
+    assert!(r.get("return").is_some(), "{r}");
+}

@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ns_python, start_netdevd_in, Netns, Proc, TempDir};
+use common::{ns_python, start_netdevd_env, Netns, Proc, TempDir};
 
 /// The address of `far` as `host` and the guest see it.
 const FAR: &str = "198.18.0.2";
@@ -29,6 +29,8 @@ const FWD_GUEST: u16 = 8022;
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Nat {
     Netdevd,
+    /// netdevd as on kernels before 6.9 (no `SO_PEEK_OFF` for TCP: peeks from the start).
+    NetdevdNoPeekOff,
     Slirp4netns,
 }
 
@@ -113,6 +115,7 @@ impl World {
     fn new(nat: Nat) -> World {
         let tag = match nat {
             Nat::Netdevd => "sn",
+            Nat::NetdevdNoPeekOff => "so",
             Nat::Slirp4netns => "ss",
         };
         let dir = TempDir::new(&format!("suite-{tag}"));
@@ -189,7 +192,8 @@ impl World {
         w.procs.push(servers(&w.host, &www));
         w.procs.push(servers(&w.far, &www));
         match nat {
-            Nat::Netdevd => w.start_netdevd(),
+            Nat::Netdevd => w.start_netdevd(&[]),
+            Nat::NetdevdNoPeekOff => w.start_netdevd(&[("NETDEVD_NO_PEEK_OFF", "1")]),
             Nat::Slirp4netns => w.start_slirp4netns(),
         }
         // The guest's side: a lease from the NAT's DHCP server, printed and applied.
@@ -228,11 +232,11 @@ impl World {
         w
     }
 
-    fn start_netdevd(&mut self) {
+    fn start_netdevd(&mut self, env: &[(&str, &str)]) {
         let sock = self.dir.path("n.sock");
         let resolv = self.etc_netns.join("resolv.conf");
         let hostfwd = format!("hostfwd=tcp:127.0.0.1:{FWD_HOST}-:{FWD_GUEST}");
-        self.procs.push(start_netdevd_in(
+        self.procs.push(start_netdevd_env(
             Some(&self.host),
             &sock,
             &[
@@ -243,6 +247,7 @@ impl World {
                 "--netdev",
                 "hubport,id=up,hubid=0,netdev=u",
             ],
+            env,
         ));
         let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
             .args(["--netns", &self.guest.name, "--qmp"])
@@ -357,6 +362,11 @@ fn suite(nat: Nat) {
 #[test]
 fn behaviour_suite_against_netdevd() {
     suite(Nat::Netdevd);
+}
+
+#[test]
+fn behaviour_suite_against_netdevd_without_peek_offsets() {
+    suite(Nat::NetdevdNoPeekOff);
 }
 
 #[test]

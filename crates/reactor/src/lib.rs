@@ -5,6 +5,9 @@
 //!
 //! Level-triggered on purpose: a client that stops reading because its peer is busy simply
 //! drops read interest and is woken again by the kernel, with nothing to re-arm by hand.
+//! A registration can ask for edge triggering ([`Interest::edge`]) where data is left in a
+//! socket on purpose (the user netdev peeks TCP data and consumes it only once the guest
+//! acknowledges it: level triggering would wake the loop for those bytes forever).
 //! The epoll fd itself is pollable ([`Reactor::as_fd`]), so an embedder can nest this loop
 //! in its own.
 #![forbid(unsafe_code)]
@@ -22,28 +25,51 @@ use rustix::event::Timespec;
 pub struct Interest {
     pub read: bool,
     pub write: bool,
+    /// Edge-triggered: woken when readiness arises, not while it lasts.
+    pub edge: bool,
 }
 
 impl Interest {
     pub const READ: Interest = Interest {
         read: true,
         write: false,
+        edge: false,
     };
     pub const WRITE: Interest = Interest {
         read: false,
         write: true,
+        edge: false,
     };
     pub const BOTH: Interest = Interest {
         read: true,
         write: true,
+        edge: false,
     };
     pub const NONE: Interest = Interest {
         read: false,
         write: false,
+        edge: false,
     };
+
+    /// Read and/or write interest, level-triggered.
+    pub const fn level(read: bool, write: bool) -> Interest {
+        Interest {
+            read,
+            write,
+            edge: false,
+        }
+    }
+
+    /// The same interest, edge-triggered.
+    pub const fn edge(self) -> Interest {
+        Interest { edge: true, ..self }
+    }
 
     fn flags(self) -> EventFlags {
         let mut f = EventFlags::RDHUP;
+        if self.edge {
+            f |= EventFlags::ET;
+        }
         if self.read {
             f |= EventFlags::IN;
         }

@@ -13,7 +13,7 @@ pub mod tap;
 use std::collections::BTreeSet;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use rustix::io::IoSliceMut;
@@ -178,6 +178,51 @@ pub fn raise_nofile_limit() {
     {
         l.current = l.maximum;
         let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+/// Set a socket's `SO_PEEK_OFF`: the next `MSG_PEEK` read starts `off` bytes past the
+/// oldest unread byte. Unix sockets have it; TCP since Linux 6.9 (older kernels answer an
+/// error, and callers peek from the start instead).
+pub fn set_peek_off(fd: BorrowedFd<'_>, off: usize) -> io::Result<()> {
+    let v: libc::c_int = off
+        .try_into()
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `v` is a live c_int and its size is passed; the fd is borrowed, so open.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Drop up to `n` bytes from the front of a TCP socket's receive queue without copying
+/// them anywhere (`recv` with `MSG_TRUNC`, which TCP takes as "discard"); returns how many
+/// went. Non-blocking.
+pub fn tcp_discard(fd: BorrowedFd<'_>, n: usize) -> io::Result<usize> {
+    // SAFETY: with MSG_TRUNC, TCP does not write to the buffer, so a null pointer is never
+    // dereferenced; the fd is borrowed, so open.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            n,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    if r >= 0 {
+        Ok(r as usize)
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -5,11 +5,13 @@
 //! What is kept per flow (sequence numbers are `u32` with wrapping arithmetic):
 //! - guest → host: `rcv_nxt` (next byte expected from the guest) and `to_host`, bytes the
 //!   guest sent and we acknowledged but the host socket has not taken yet (at most
-//!   [`RCV_BUF`]; the window we advertise is the room left, capped at 65535 — we do not
-//!   scale our own window);
-//! - host → guest: `sndbuf`, bytes read from the host socket from `snd_una` on (sent and not
-//!   yet acknowledged, then not yet sent; at most [`SND_BUF`], past which the host socket is
-//!   not read), `snd_nxt`, and the guest's window (scaled when it offered window scaling).
+//!   [`RCV_BUF`]; the window we advertise is the room left, scaled by [`OUR_WSCALE`] when
+//!   the guest offered window scaling, else capped at 65535);
+//! - host → guest: nothing is copied out of the host socket until the guest acknowledges
+//!   it: segments are peeked from the socket (from `snd_nxt - snd_una` bytes past its oldest
+//!   byte) straight into frames, and acknowledged bytes are then consumed. Kept: `snd_una`,
+//!   `snd_nxt` (at most [`MAX_IN_FLIGHT`] apart) and the guest's window (scaled when it
+//!   offered window scaling).
 //!
 //! Implemented: the three-way handshake once the host connect succeeds (RST if it fails);
 //! data both ways with the guest's MSS and window respected; go-back-N retransmission toward
@@ -19,14 +21,17 @@
 //! virtual link does not lose frames except when a queue is full, which retransmission
 //! covers), keeping TIME_WAIT (the host socket holds the real connection's state).
 
-use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 /// Bytes from the guest buffered for a slow host socket.
 pub const RCV_BUF: usize = 256 * 1024;
-/// Bytes from the host buffered toward the guest (unacknowledged plus unsent).
-pub const SND_BUF: usize = 1024 * 1024;
+/// The window scale we offer (RFC 7323): windows up to 1 MiB, so that [`RCV_BUF`] can be
+/// advertised whole.
+pub const OUR_WSCALE: u8 = 4;
+/// Bytes sent to the guest and not yet acknowledged, at most (they stay in the host
+/// socket's receive buffer until then).
+pub const MAX_IN_FLIGHT: usize = 2 << 20;
 pub const RTO_MIN: Duration = Duration::from_millis(200);
 pub const RTO_MAX: Duration = Duration::from_secs(4);
 /// A flow with no traffic for this long is closed.
@@ -65,22 +70,24 @@ pub struct TcpFlow {
     pub snd_una: u32,
     /// Next sequence number to send.
     pub snd_nxt: u32,
-    /// Bytes from `snd_una` on.
-    pub sndbuf: VecDeque<u8>,
     /// The host closed its side; a FIN follows the data.
     pub host_eof: bool,
+    /// The host socket may hold bytes not sent yet: set by a readable event (edge-triggered)
+    /// and by going back to retransmit, cleared when a peek finds nothing new, so that
+    /// segments from the guest do not cost a peek each.
+    pub host_data: bool,
     /// Sequence number of our FIN, once sent.
     pub fin_seq: Option<u32>,
     pub fin_acked: bool,
     /// The guest's window in bytes (already scaled).
     pub guest_win: u32,
     pub guest_wscale: Option<u8>,
+    /// The shift of the windows we advertise (0 unless both sides offered scaling).
+    pub our_wscale: u8,
     pub guest_mss: u16,
     pub rto: Duration,
     pub rto_at: Option<Instant>,
     pub last: Instant,
-    /// Whether the host socket is being read (false while `sndbuf` is full).
-    pub reading: bool,
     /// SYNs sent (forwarded connections).
     pub syns: u32,
 }
@@ -93,8 +100,13 @@ impl TcpFlow {
             .saturating_sub(self.fin_seq.is_some() as u32)
     }
 
-    /// The window we advertise.
+    /// The window we advertise (scaled).
     pub fn our_window(&self) -> u16 {
+        ((RCV_BUF - self.to_host.len()) >> self.our_wscale).min(65535) as u16
+    }
+
+    /// The window of a SYN or SYN-ACK, never scaled.
+    pub fn syn_window(&self) -> u16 {
         (RCV_BUF - self.to_host.len()).min(65535) as u16
     }
 

@@ -172,13 +172,19 @@ impl Udp {
     /// Parse a datagram; returns the header and the payload. A non-zero checksum must
     /// verify.
     pub fn parse<'a>(ip: &Ipv4, p: &'a [u8]) -> Option<(Udp, &'a [u8])> {
+        Self::parse_with(ip, p, true)
+    }
+
+    /// As [`Udp::parse`]; `verify: false` skips the checksum (a frame whose checksum the
+    /// sender left to be filled in: virtio-net `NEEDS_CSUM`).
+    pub fn parse_with<'a>(ip: &Ipv4, p: &'a [u8], verify: bool) -> Option<(Udp, &'a [u8])> {
         let h = p.get(..8)?;
         let len = u16::from_be_bytes([h[4], h[5]]) as usize;
         if len < 8 || len > p.len() {
             return None;
         }
         let csum = u16::from_be_bytes([h[6], h[7]]);
-        if csum != 0 {
+        if verify && csum != 0 {
             let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_UDP, len);
             if crate::checksum::fold(sum(&p[..len], ps)) != 0xffff {
                 return None;
@@ -336,13 +342,18 @@ impl Tcp {
 
     /// Parse a segment; returns the header and the payload. The checksum must verify.
     pub fn parse<'a>(ip: &Ipv4, p: &'a [u8]) -> Option<(Tcp, &'a [u8])> {
+        Self::parse_with(ip, p, true)
+    }
+
+    /// As [`Tcp::parse`]; `verify: false` skips the checksum (virtio-net `NEEDS_CSUM`).
+    pub fn parse_with<'a>(ip: &Ipv4, p: &'a [u8], verify: bool) -> Option<(Tcp, &'a [u8])> {
         let h = p.get(..20)?;
         let hlen = (h[12] >> 4) as usize * 4;
         if hlen < 20 || hlen > p.len() {
             return None;
         }
         let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_TCP, p.len());
-        if crate::checksum::fold(sum(p, ps)) != 0xffff {
+        if verify && crate::checksum::fold(sum(p, ps)) != 0xffff {
             return None;
         }
         let mut t = Tcp {
@@ -384,6 +395,14 @@ impl Tcp {
 
 /// A whole Ethernet + IPv4 + TCP frame.
 pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
+    tcp_frame_parts(eth, ip, tcp, &[payload], false)
+}
+
+/// A whole Ethernet + IPv4 + TCP frame whose payload is `parts` one after the other. With
+/// `partial`, the checksum field holds only the pseudo-header sum, for a receiver that
+/// finishes it (virtio-net `NEEDS_CSUM` at offset 34 + 16); the payload is not summed.
+pub fn tcp_frame_parts(eth: Eth, ip: Ipv4, tcp: &Tcp, parts: &[&[u8]], partial: bool) -> Vec<u8> {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
     let mut opts = Vec::new();
     if let Some(m) = tcp.mss {
         opts.extend_from_slice(&[2, 4]);
@@ -393,9 +412,9 @@ pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
         opts.extend_from_slice(&[1, 3, 3, w]);
     }
     let hlen = 20 + opts.len();
-    let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + payload.len());
+    let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + payload_len);
     eth.write(&mut f);
-    ip.write(hlen + payload.len(), &mut f);
+    ip.write(hlen + payload_len, &mut f);
     let t = f.len();
     f.extend_from_slice(&tcp.src_port.to_be_bytes());
     f.extend_from_slice(&tcp.dst_port.to_be_bytes());
@@ -406,14 +425,20 @@ pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&tcp.window.to_be_bytes());
     f.extend_from_slice(&[0, 0, 0, 0]);
     f.extend_from_slice(&opts);
-    f.extend_from_slice(payload);
+    for p in parts {
+        f.extend_from_slice(p);
+    }
     let ps = pseudo_v4(
         &ip.src.octets(),
         &ip.dst.octets(),
         PROTO_TCP,
-        hlen + payload.len(),
+        hlen + payload_len,
     );
-    let c = finish(sum(&f[t..], ps));
+    let c = if partial {
+        crate::checksum::fold(ps)
+    } else {
+        finish(sum(&f[t..], ps))
+    };
     f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
     if f.len() < 60 {
         f.resize(60, 0);
@@ -421,9 +446,81 @@ pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Bytes of Ethernet + IPv4 + TCP headers without options.
+pub const TCP_FRAME_HLEN: usize = ETH_HLEN + 20 + 20;
+
+/// Turn `f`, whose bytes from [`TCP_FRAME_HLEN`] on are the payload already in place, into
+/// a whole frame: the headers are written over its first bytes (`tcp`'s options are not
+/// written: data segments carry none), and the checksum is computed, or with `partial`
+/// left as the pseudo-header sum for a receiver that finishes it. Short frames are padded
+/// to 60 bytes.
+pub fn tcp_frame_in_place(f: &mut Vec<u8>, eth: Eth, ip: Ipv4, tcp: &Tcp, partial: bool) {
+    assert!(f.len() >= TCP_FRAME_HLEN);
+    let payload_len = f.len() - TCP_FRAME_HLEN;
+    let mut h = Vec::with_capacity(TCP_FRAME_HLEN);
+    eth.write(&mut h);
+    ip.write(20 + payload_len, &mut h);
+    h.extend_from_slice(&tcp.src_port.to_be_bytes());
+    h.extend_from_slice(&tcp.dst_port.to_be_bytes());
+    h.extend_from_slice(&tcp.seq.to_be_bytes());
+    h.extend_from_slice(&tcp.ack.to_be_bytes());
+    h.push(5 << 4);
+    h.push(tcp.flags);
+    h.extend_from_slice(&tcp.window.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    f[..TCP_FRAME_HLEN].copy_from_slice(&h);
+    let t = ETH_HLEN + 20;
+    let ps = pseudo_v4(
+        &ip.src.octets(),
+        &ip.dst.octets(),
+        PROTO_TCP,
+        20 + payload_len,
+    );
+    let c = if partial {
+        crate::checksum::fold(ps)
+    } else {
+        finish(sum(&f[t..], ps))
+    };
+    f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+}
+
 #[cfg(test)]
 mod tcp_tests {
     use super::*;
+
+    #[test]
+    fn in_place_frame_equals_the_built_one() {
+        let eth = Eth {
+            dst: [1; 6],
+            src: [2; 6],
+            ethertype: ETHERTYPE_IPV4,
+        };
+        let ip = Ipv4 {
+            src: Ipv4Addr::new(10, 0, 2, 2),
+            dst: Ipv4Addr::new(10, 0, 2, 15),
+            proto: PROTO_TCP,
+            ttl: 64,
+            id: 3,
+        };
+        let t = Tcp {
+            src_port: 80,
+            dst_port: 40000,
+            seq: 7,
+            ack: 9,
+            flags: Tcp::ACK | Tcp::PSH,
+            window: 1000,
+            ..Tcp::default()
+        };
+        for payload in [&b"x"[..], &[9u8; 3001][..]] {
+            let mut f = vec![0u8; TCP_FRAME_HLEN];
+            f.extend_from_slice(payload);
+            tcp_frame_in_place(&mut f, eth, ip, &t, false);
+            assert_eq!(f, tcp_frame(eth, ip, &t, payload));
+        }
+    }
 
     #[test]
     fn tcp_round_trip_with_options() {

@@ -132,7 +132,18 @@ fn command_in(ns: Option<&Netns>, program: &str) -> Command {
 
 /// Start netdevd inside `ns` (or here).
 pub fn start_netdevd_in(ns: Option<&Netns>, sock: &Path, args: &[&str]) -> Proc {
+    start_netdevd_env(ns, sock, args, &[])
+}
+
+/// Start netdevd inside `ns` (or here) with extra environment variables.
+pub fn start_netdevd_env(
+    ns: Option<&Netns>,
+    sock: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let mut cmd = command_in(ns, netdevd_bin());
+    cmd.envs(env.iter().copied());
     cmd.arg("--qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()));
     cmd.args(args)
