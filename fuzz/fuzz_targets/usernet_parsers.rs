@@ -36,7 +36,13 @@ impl HostIo for Host {
     fn tcp_send(&mut self, _id: FlowId, d: &[u8]) -> io::Result<usize> {
         Ok(d.len())
     }
-    fn tcp_peek(&mut self, _id: FlowId, _skip: usize, _buf: &mut [u8]) -> io::Result<usize> {
+    fn tcp_peek(
+        &mut self,
+        _id: FlowId,
+        _skip: usize,
+        _buf: &mut Vec<u8>,
+        _max: usize,
+    ) -> io::Result<usize> {
         Err(io::ErrorKind::WouldBlock.into())
     }
     fn tcp_consume(&mut self, _id: FlowId, _n: usize) {}

@@ -31,10 +31,16 @@ impl HostIo for Host {
     fn tcp_send(&mut self, _id: FlowId, d: &[u8]) -> io::Result<usize> {
         Ok(d.len() / 2)
     }
-    fn tcp_peek(&mut self, _id: FlowId, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
+    fn tcp_peek(
+        &mut self,
+        _id: FlowId,
+        skip: usize,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<usize> {
         // 3000 bytes at most past the oldest, then end of stream.
-        let n = buf.len().min(3000usize.saturating_sub(skip));
-        buf[..n].fill(7);
+        let n = max.min(3000usize.saturating_sub(skip));
+        buf.resize(buf.len() + n, 7);
         Ok(n)
     }
     fn tcp_consume(&mut self, _id: FlowId, _n: usize) {}
@@ -60,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         // Let every flow the frames made see host events too.
         for id in 1..4 {
             s.tcp_connected(id, i % 2 == 0, now, &mut h);
-            s.tcp_readable(id, now, &mut h);
+            s.tcp_readable(id, i % 3 == 0, now, &mut h);
             s.tcp_writable(id, now, &mut h);
             s.from_host(id, frame, now);
         }

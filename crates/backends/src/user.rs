@@ -28,12 +28,19 @@ pub const READS_PER_WAKEUP: usize = 64;
 /// A host socket of one flow.
 enum Sock {
     Udp(UdpSocket),
+    ///
+    /// Registered once, edge-triggered for reading and writing: no `epoll_ctl` per state
+    /// change (a connect's end, a full send buffer, peeked bytes left in place).
     Tcp {
         fd: OwnedFd,
         connecting: bool,
-        interest: Interest,
-        /// `SO_PEEK_OFF` works on it (see [`HostIo::tcp_peek`]).
-        peek_off: bool,
+        /// Whether `SO_PEEK_OFF` works on it (see [`HostIo::tcp_peek`]); `None` until a
+        /// peek past the first byte is first needed.
+        peek_off: Option<bool>,
+        /// The socket's peek offset as the kernel keeps it (a peek moves it forward by what
+        /// it returned, consuming moves it back), so that it is set only when it differs;
+        /// `None` while it is off (a peek reads from the oldest byte).
+        peek_pos: Option<usize>,
         /// A socket pair to a `guestfwd` command (not TCP: consumed by reading).
         unix: bool,
     },
@@ -55,11 +62,19 @@ impl Sock {
     }
 }
 
-/// Whether `SO_PEEK_OFF` can be used on `fd` (TCP since Linux 6.9). The environment
-/// variable `NETDEVD_NO_PEEK_OFF=1` says no, to exercise the older kernels' way in tests.
-fn peek_off_usable(fd: BorrowedFd<'_>) -> bool {
-    std::env::var_os("NETDEVD_NO_PEEK_OFF").is_none_or(|v| v != "1")
-        && netdevd_sys::set_peek_off(fd, 0).is_ok()
+/// How TCP sockets are watched: see [`Sock::Tcp`].
+const TCP_INTEREST: Interest = Interest::BOTH.edge();
+
+/// `NETDEVD_NO_PEEK_OFF=1` makes netdevd peek as on kernels without TCP `SO_PEEK_OFF`
+/// (before 6.9), to exercise that way in tests.
+fn peek_offsets_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("NETDEVD_NO_PEEK_OFF").is_some_and(|v| v == "1"))
+}
+
+/// What is known about `SO_PEEK_OFF` on a new socket.
+fn initial_peek_off() -> Option<bool> {
+    peek_offsets_disabled().then_some(false)
 }
 
 /// The host socket of a `hostfwd` rule: listening (TCP) or bound (UDP).
@@ -170,14 +185,14 @@ impl HostIo for Host<'_> {
             Err(e) => return Err(e.into()),
         }
         let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
-        self.reg.add(fd.as_fd(), id, Interest::WRITE)?;
+        self.reg.add(fd.as_fd(), id, TCP_INTEREST)?;
         self.socks.insert(
             id,
             Sock::Tcp {
-                peek_off: peek_off_usable(fd.as_fd()),
+                peek_off: initial_peek_off(),
+                peek_pos: None,
                 fd,
                 connecting: true,
-                interest: Interest::WRITE,
                 unix: false,
             },
         );
@@ -192,41 +207,80 @@ impl HostIo for Host<'_> {
         }
     }
 
-    fn tcp_peek(&mut self, id: FlowId, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(Sock::Tcp { fd, peek_off, .. }) = self.socks.get(&id) else {
+    fn tcp_peek(
+        &mut self,
+        id: FlowId,
+        skip: usize,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<usize> {
+        let Some(Sock::Tcp {
+            fd,
+            peek_off,
+            peek_pos,
+            ..
+        }) = self.socks.get_mut(&id)
+        else {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let flags = rnet::RecvFlags::PEEK | rnet::RecvFlags::DONTWAIT;
-        let r = if *peek_off {
-            netdevd_sys::set_peek_off(fd.as_fd(), skip)?;
-            rnet::recv(fd, buf, flags).map(|(n, _)| n)
+        if *peek_pos != Some(skip) && !(skip == 0 && peek_pos.is_none()) && *peek_off != Some(false)
+        {
+            // The first peek past the oldest byte tells whether the kernel has offsets.
+            match netdevd_sys::set_peek_off(fd.as_fd(), skip) {
+                Ok(()) => {
+                    *peek_off = Some(true);
+                    *peek_pos = Some(skip);
+                }
+                Err(_) if peek_off.is_none() => *peek_off = Some(false),
+                Err(e) => return Err(e),
+            }
+        }
+        let start = buf.len();
+        let r = if *peek_off != Some(false) {
+            // Into the spare capacity, never zeroed; at most `max` is kept.
+            buf.reserve_exact(max);
+            let r = rnet::recv(&*fd, rustix::buffer::spare_capacity(buf), flags).map(|(n, _)| n);
+            if let (Ok(n), Some(pos)) = (r, peek_pos.as_mut()) {
+                *pos = skip + n;
+            }
+            r
         } else {
             // From the start: the first `skip` bytes (sent already) land in the scratch.
             if self.scratch.len() < skip {
                 self.scratch.resize(skip, 0);
             }
+            buf.resize(start + max, 0);
             let mut iov = [
                 io::IoSliceMut::new(&mut self.scratch[..skip]),
-                io::IoSliceMut::new(buf),
+                io::IoSliceMut::new(&mut buf[start..]),
             ];
             let mut control = rnet::RecvAncillaryBuffer::default();
-            match rnet::recvmsg(fd, &mut iov, &mut control, flags) {
+            let r = match rnet::recvmsg(&*fd, &mut iov, &mut control, flags) {
                 // Nothing past what was sent: only once all is acknowledged (skip 0) can
                 // a zero read mean end of stream.
                 Ok(m) if m.bytes <= skip && skip > 0 => Err(Errno::AGAIN),
                 Ok(m) => Ok(m.bytes.saturating_sub(skip)),
                 Err(e) => Err(e),
-            }
+            };
+            buf.truncate(start + *r.as_ref().unwrap_or(&0));
+            r
         };
         match r {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                buf.truncate(start + n.min(max));
+                Ok(n.min(max))
+            }
             Err(Errno::AGAIN) => Err(io::ErrorKind::WouldBlock.into()),
             Err(e) => Err(e.into()),
         }
     }
 
     fn tcp_consume(&mut self, id: FlowId, mut n: usize) {
-        let Some(Sock::Tcp { fd, unix, .. }) = self.socks.get(&id) else {
+        let Some(Sock::Tcp {
+            fd, unix, peek_pos, ..
+        }) = self.socks.get_mut(&id)
+        else {
             return;
         };
         while n > 0 {
@@ -235,13 +289,18 @@ impl HostIo for Host<'_> {
                 if self.scratch.len() < k {
                     self.scratch.resize(k, 0);
                 }
-                rustix::io::read(fd, &mut self.scratch[..k]).map_err(io::Error::from)
+                rustix::io::read(&*fd, &mut self.scratch[..k]).map_err(io::Error::from)
             } else {
                 netdevd_sys::tcp_discard(fd.as_fd(), n)
             };
             match r {
                 Ok(0) | Err(_) => return,
-                Ok(k) => n -= k.min(n),
+                Ok(k) => {
+                    n -= k.min(n);
+                    if let Some(pos) = peek_pos.as_mut() {
+                        *pos = pos.saturating_sub(k);
+                    }
+                }
             }
         }
     }
@@ -258,7 +317,8 @@ impl HostIo for Host<'_> {
                 // Close with RST, as the guest reset its side.
                 let _ = rnet::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
             }
-            self.reg.remove(fd);
+            // No epoll_ctl: the socket is ours alone, and closing it (now, as it drops)
+            // takes it out of epoll; an event already fetched for it finds no flow.
         }
     }
 
@@ -279,33 +339,22 @@ impl HostIo for Host<'_> {
         self.children.push(child);
         netdevd_sys::set_nonblocking(mine.as_fd(), true)?;
         // Connected from the start: the writable event reports it like a finished connect.
-        self.reg.add(mine.as_fd(), id, Interest::WRITE)?;
+        self.reg.add(mine.as_fd(), id, TCP_INTEREST)?;
         self.socks.insert(
             id,
             Sock::Tcp {
-                peek_off: peek_off_usable(mine.as_fd()),
+                peek_off: initial_peek_off(),
+                peek_pos: None,
                 fd: mine,
                 connecting: true,
-                interest: Interest::WRITE,
                 unix: true,
             },
         );
         Ok(())
     }
 
-    fn tcp_watch(&mut self, id: FlowId, write: bool) {
-        if let Some(Sock::Tcp {
-            fd,
-            connecting: false,
-            interest,
-            ..
-        }) = self.socks.get_mut(&id)
-        {
-            let want = Interest::level(true, write).edge();
-            if want != *interest && self.reg.modify(fd.as_fd(), id, want).is_ok() {
-                *interest = want;
-            }
-        }
+    fn tcp_watch(&mut self, _id: FlowId, _write: bool) {
+        // Nothing to change: TCP sockets are edge-triggered both ways from the start.
     }
 }
 
@@ -422,14 +471,14 @@ impl UserBackend {
                 continue;
             };
             let _ = rnet::sockopt::set_tcp_nodelay(&fd, true);
-            if self.reg.add(fd.as_fd(), id, Interest::NONE).is_ok() {
+            if self.reg.add(fd.as_fd(), id, TCP_INTEREST).is_ok() {
                 self.socks.insert(
                     id,
                     Sock::Tcp {
-                        peek_off: peek_off_usable(fd.as_fd()),
+                        peek_off: initial_peek_off(),
+                        peek_pos: None,
                         fd,
                         connecting: false,
-                        interest: Interest::NONE,
                         unix: false,
                     },
                 );
@@ -508,20 +557,13 @@ impl Backend for UserBackend {
                     }
                 }
             }
-            Some(Sock::Tcp {
-                fd,
-                connecting,
-                interest,
-                ..
-            }) => {
+            Some(Sock::Tcp { fd, connecting, .. }) => {
                 if *connecting {
                     if !(r.writable || r.closed) {
                         return;
                     }
                     let ok = matches!(rnet::sockopt::socket_error(&*fd), Ok(Ok(())));
                     *connecting = false;
-                    *interest = Interest::NONE;
-                    let _ = self.reg.modify(fd.as_fd(), sub, Interest::NONE);
                     let mut host = Host {
                         reg: &self.reg,
                         socks: &mut self.socks,
@@ -543,7 +585,7 @@ impl Backend for UserBackend {
                     self.stack.tcp_writable(sub, now, &mut host);
                 }
                 if r.readable || r.closed {
-                    self.stack.tcp_readable(sub, now, &mut host);
+                    self.stack.tcp_readable(sub, r.closed, now, &mut host);
                 }
             }
             // Forwarded UDP flows have no socket of their own.

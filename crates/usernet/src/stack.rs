@@ -30,7 +30,8 @@ use netdevd_wire::packet::{
 use crate::config::{Config, GuestFwdTarget};
 use crate::dhcp::DhcpServer;
 use crate::tcp::{
-    Phase, TcpFlow, IDLE, MAX_IN_FLIGHT, OUR_WSCALE, RCV_BUF, RTO_MAX, RTO_MIN, SYN_RETRIES,
+    Phase, TcpFlow, DELAYED_ACK, DELAYED_ACK_MAX, IDLE, MAX_IN_FLIGHT, OUR_WSCALE, RCV_BUF,
+    RTO_MAX, RTO_MIN, SYN_RETRIES,
 };
 use crate::tftp::TftpServer;
 use netdevd_wire::VirtioNetHdr;
@@ -77,11 +78,17 @@ pub trait HostIo {
     fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
     /// Write what the socket takes now (0 when it is full).
     fn tcp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize>;
-    /// Copy what the socket holds from `skip` bytes past the oldest unconsumed byte on,
-    /// without consuming it (the kernel keeps bytes the guest has not acknowledged, so the
-    /// stack keeps no copy). `Ok(0)` is end of stream with nothing past `skip`,
-    /// `WouldBlock` nothing more now.
-    fn tcp_peek(&mut self, id: FlowId, skip: usize, buf: &mut [u8]) -> io::Result<usize>;
+    /// Append to `buf` up to `max` bytes of what the socket holds from `skip` bytes past the
+    /// oldest unconsumed byte on, without consuming them (the kernel keeps bytes the guest
+    /// has not acknowledged, so the stack keeps no copy); returns how many. `Ok(0)` is end
+    /// of stream with nothing past `skip`, `WouldBlock` nothing more now.
+    fn tcp_peek(
+        &mut self,
+        id: FlowId,
+        skip: usize,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<usize>;
     /// Drop the oldest `n` bytes (the guest acknowledged them).
     fn tcp_consume(&mut self, id: FlowId, n: usize);
     /// Shut the sending side (the guest sent FIN).
@@ -864,6 +871,7 @@ impl Stack {
             f.guest_win = (t.window as u32) << f.guest_wscale.unwrap_or(0);
         }
         let mut ack_now = false;
+        let mut may_delay = false;
         if !data.is_empty() || t.flags & Tcp::FIN != 0 {
             ack_now = true;
             if t.seq == f.rcv_nxt && !f.guest_fin {
@@ -882,10 +890,20 @@ impl Stack {
                     f.rcv_nxt = f.rcv_nxt.wrapping_add(1);
                     f.guest_fin = true;
                 }
+                // A small in-sequence segment (or a FIN) the host socket took whole: its
+                // ACK can wait for the reply, or for the host's own FIN (as a receiver's
+                // delayed ACK does), once.
+                may_delay = take == data.len()
+                    && data.len() <= DELAYED_ACK_MAX
+                    && f.to_host.is_empty()
+                    && f.ack_due.is_none();
+                if may_delay {
+                    f.ack_due = Some(now + DELAYED_ACK);
+                }
             }
         }
         self.tcp_flush_to_host(id, io);
-        if ack_now {
+        if ack_now && !may_delay {
             self.tcp_ack(id);
         }
         self.tcp_push(id, now, io);
@@ -939,6 +957,7 @@ impl Stack {
             snd_nxt: isn.wrapping_add(1),
             host_eof: false,
             host_data: true,
+            host_hup: false,
             fin_seq: None,
             fin_acked: false,
             guest_win: t.window as u32,
@@ -946,6 +965,7 @@ impl Stack {
             our_wscale: if t.wscale.is_some() { OUR_WSCALE } else { 0 },
             guest_mss: t.mss.unwrap_or(536).min(mss),
             rto: RTO_MIN,
+            ack_due: None,
             rto_at: None,
             last: now,
             syns: 0,
@@ -987,6 +1007,7 @@ impl Stack {
             snd_nxt: isn.wrapping_add(1),
             host_eof: false,
             host_data: true,
+            host_hup: false,
             fin_seq: None,
             fin_acked: false,
             guest_win: 0,
@@ -994,6 +1015,7 @@ impl Stack {
             our_wscale: 0,
             guest_mss: 536,
             rto: RTO_MIN,
+            ack_due: None,
             rto_at: Some(now + RTO_MIN),
             last: now,
             syns: 1,
@@ -1032,7 +1054,10 @@ impl Stack {
     }
 
     fn tcp_ack(&mut self, id: FlowId) {
-        let Some(f) = self.tcp.get(&id) else { return };
+        let Some(f) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        f.ack_due = None;
         let t = f.segment(Tcp::ACK, f.snd_nxt);
         let (remote, guest) = (f.remote, f.guest);
         self.tcp_out(remote, guest, t, &[]);
@@ -1062,11 +1087,13 @@ impl Stack {
         self.tcp_synack(id);
     }
 
-    /// The host socket of flow `id` has new data (or end of stream, or an error).
-    pub fn tcp_readable(&mut self, id: FlowId, now: Instant, io: &mut dyn HostIo) {
+    /// The host socket of flow `id` has new data, or an error, or (`hup`) the end of the
+    /// stream arrived, maybe together with data.
+    pub fn tcp_readable(&mut self, id: FlowId, hup: bool, now: Instant, io: &mut dyn HostIo) {
         if let Some(f) = self.tcp.get_mut(&id) {
             f.last = now;
             f.host_data = true;
+            f.host_hup |= hup;
         }
         self.tcp_push(id, now, io);
         self.tcp_maybe_done(id, io);
@@ -1161,11 +1188,21 @@ impl Stack {
                 blocked.push(id);
                 break;
             }
-            let mut frame = vec![0u8; TCP_FRAME_HLEN + n];
-            let got = match io.tcp_peek(id, in_flight, &mut frame[TCP_FRAME_HLEN..]) {
+            // Headers go in front later; the payload is read straight into the rest, which
+            // is never zeroed first (a 64 KiB frame may carry 8 bytes).
+            let mut frame = Vec::with_capacity(TCP_FRAME_HLEN + n);
+            frame.resize(TCP_FRAME_HLEN, 0);
+            let got = match io.tcp_peek(id, in_flight, &mut frame, n) {
                 Ok(0) => {
                     f.host_eof = true;
                     break;
+                }
+                // Less than asked for: the socket is drained (bytes arriving later raise
+                // a new readable edge), so no second peek just to hear "nothing" — unless
+                // the end of the stream came, which only a peek that returns 0 shows.
+                Ok(got) if got < n && !f.host_hup => {
+                    f.host_data = false;
+                    got
                 }
                 Ok(got) => got.min(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1219,6 +1256,7 @@ impl Stack {
             return self.tcp_forget(id);
         }
         if f.host_eof && f.fin_seq.is_none() {
+            f.ack_due = None;
             let t = f.segment(Tcp::ACK | Tcp::FIN, f.snd_nxt);
             f.fin_seq = Some(f.snd_nxt);
             f.snd_nxt = f.snd_nxt.wrapping_add(1);
@@ -1228,13 +1266,21 @@ impl Stack {
             }
             return self.tcp_out(remote, guest, t, &[]);
         }
-        if sent && f.rto_at.is_none() {
-            f.rto_at = Some(now + f.rto);
+        if sent {
+            // The data carried the acknowledgement.
+            f.ack_due = None;
+            if f.rto_at.is_none() {
+                f.rto_at = Some(now + f.rto);
+            }
         }
     }
 
     fn tcp_maybe_done(&mut self, id: FlowId, io: &mut dyn HostIo) {
         if self.tcp.get(&id).is_some_and(|f| f.done()) {
+            // An acknowledgement still owed (the guest's FIN's) goes before the flow does.
+            if self.tcp.get(&id).is_some_and(|f| f.ack_due.is_some()) {
+                self.tcp_ack(id);
+            }
             io.tcp_close(id, false);
             self.tcp_forget(id);
         }
@@ -1248,6 +1294,15 @@ impl Stack {
 
     /// Retransmissions and idle connections. Call when [`Stack::next_deadline`] passes.
     pub fn tcp_timers(&mut self, now: Instant, io: &mut dyn HostIo) {
+        let acks: Vec<FlowId> = self
+            .tcp
+            .iter()
+            .filter(|(_, f)| f.ack_due.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in acks {
+            self.tcp_ack(id);
+        }
         let due: Vec<FlowId> = self
             .tcp
             .iter()
@@ -1295,7 +1350,12 @@ impl Stack {
     /// When [`Stack::tcp_timers`] next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         let tftp = self.tftp.as_ref().and_then(TftpServer::next_deadline);
-        self.tcp.values().filter_map(|f| f.rto_at).chain(tftp).min()
+        self.tcp
+            .values()
+            .flat_map(|f| [f.rto_at, f.ack_due])
+            .flatten()
+            .chain(tftp)
+            .min()
     }
 
     /// Close flows idle for too long (checked at most once a second).
@@ -1369,7 +1429,13 @@ mod tests {
             self.sent.push((id, data.to_vec()));
             Ok(data.len())
         }
-        fn tcp_peek(&mut self, _id: FlowId, skip: usize, buf: &mut [u8]) -> io::Result<usize> {
+        fn tcp_peek(
+            &mut self,
+            _id: FlowId,
+            skip: usize,
+            buf: &mut Vec<u8>,
+            max: usize,
+        ) -> io::Result<usize> {
             if skip >= self.inbox.len() {
                 return if self.eof {
                     Ok(0)
@@ -1377,8 +1443,8 @@ mod tests {
                     Err(io::ErrorKind::WouldBlock.into())
                 };
             }
-            let n = buf.len().min(self.inbox.len() - skip);
-            buf[..n].copy_from_slice(&self.inbox[skip..skip + n]);
+            let n = max.min(self.inbox.len() - skip);
+            buf.extend_from_slice(&self.inbox[skip..skip + n]);
             Ok(n)
         }
         fn tcp_consume(&mut self, _id: FlowId, n: usize) {
@@ -1721,7 +1787,7 @@ mod tests {
         s.from_guest(&guest_tcp(ack, b""), now, &mut h);
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
         h.inbox = data.clone();
-        s.tcp_readable(id, now, &mut h);
+        s.tcp_readable(id, h.eof, now, &mut h);
         let mut got = Vec::new();
         let mut big = 0;
         while let Some((f, hdr)) = s.pop_frame_offload() {
@@ -1816,10 +1882,14 @@ mod tests {
         };
         s.from_guest(&guest_tcp(ack, b"GET /"), now, &mut h);
         assert_eq!(h.sent.last().unwrap(), &(id, b"GET /".to_vec()));
+        // A small segment's ACK waits a moment for a reply to ride on, then goes alone.
+        assert!(to_guest_tcp(&mut s).is_empty());
+        assert_eq!(s.next_deadline(), Some(now + crate::tcp::DELAYED_ACK));
+        s.tcp_timers(now + crate::tcp::DELAYED_ACK, &mut h);
         assert_eq!(to_guest_tcp(&mut s).last().unwrap().0.ack, 1006);
         // Host data reaches the guest, cut to its MSS, within its window (1000 << 7).
         h.inbox = vec![7u8; 3000];
-        s.tcp_readable(id, now, &mut h);
+        s.tcp_readable(id, h.eof, now, &mut h);
         let segs = to_guest_tcp(&mut s);
         assert_eq!(
             segs.iter().map(|(_, d)| d.len()).collect::<Vec<_>>(),
@@ -1847,7 +1917,7 @@ mod tests {
             ..Tcp::default()
         };
         s.from_guest(&guest_tcp(ack, b""), now, &mut h);
-        s.tcp_readable(id, now, &mut h);
+        s.tcp_readable(id, h.eof, now, &mut h);
         let fin = to_guest_tcp(&mut s);
         assert!(fin
             .iter()

@@ -32,6 +32,11 @@ pub const OUR_WSCALE: u8 = 4;
 /// Bytes sent to the guest and not yet acknowledged, at most (they stay in the host
 /// socket's receive buffer until then).
 pub const MAX_IN_FLIGHT: usize = 2 << 20;
+/// How long the acknowledgement of a small segment from the guest waits for data to ride
+/// on (a reply from the host usually comes sooner); a second segment is acknowledged at once.
+pub const DELAYED_ACK: Duration = Duration::from_millis(1);
+/// Segments up to this size may have their acknowledgement delayed.
+pub const DELAYED_ACK_MAX: usize = 1024;
 pub const RTO_MIN: Duration = Duration::from_millis(200);
 pub const RTO_MAX: Duration = Duration::from_secs(4);
 /// A flow with no traffic for this long is closed.
@@ -76,6 +81,8 @@ pub struct TcpFlow {
     /// and by going back to retransmit, cleared when a peek finds nothing new, so that
     /// segments from the guest do not cost a peek each.
     pub host_data: bool,
+    /// The host socket reported the end of its stream (the FIN may still be behind data).
+    pub host_hup: bool,
     /// Sequence number of our FIN, once sent.
     pub fin_seq: Option<u32>,
     pub fin_acked: bool,
@@ -86,6 +93,8 @@ pub struct TcpFlow {
     pub our_wscale: u8,
     pub guest_mss: u16,
     pub rto: Duration,
+    /// A delayed acknowledgement is owed to the guest by then.
+    pub ack_due: Option<Instant>,
     pub rto_at: Option<Instant>,
     pub last: Instant,
     /// SYNs sent (forwarded connections).

@@ -1,0 +1,73 @@
+//! The latency and connection-rate load of `bench/user-ns`, compiled so that the client's
+//! own cost is small next to what it measures.
+//!
+//!     tcp_rr server                 echo server on 127.0.0.1 (port printed on stdout)
+//!     tcp_rr client HOST PORT RR N  RR one-byte round trips on one connection, then N
+//!                                   connections one after another (connect, 8 bytes echoed,
+//!                                   close; stops after 30 s); prints the median round trip in
+//!                                   microseconds and the connections per second
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn echo(mut c: TcpStream) {
+    let _ = c.set_nodelay(true);
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 || c.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("server") => {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            println!("{}", l.local_addr().unwrap().port());
+            for c in l.incoming().flatten() {
+                std::thread::spawn(move || echo(c));
+            }
+        }
+        Some("client") if args.len() == 5 => {
+            let addr = format!("{}:{}", args[1], args[2]);
+            let rr: usize = args[3].parse().expect("RR count");
+            let conns: usize = args[4].parse().expect("connection count");
+            let timeout = Some(Duration::from_secs(10));
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(timeout).unwrap();
+            let mut lat = Vec::with_capacity(rr);
+            let mut b = [0u8; 8];
+            for _ in 0..rr {
+                let t = Instant::now();
+                s.write_all(b"x").unwrap();
+                s.read_exact(&mut b[..1]).unwrap();
+                lat.push(t.elapsed());
+            }
+            drop(s);
+            lat.sort();
+            let median = lat.get(lat.len() / 2).copied().unwrap_or_default();
+            let t = Instant::now();
+            let mut done = 0usize;
+            for _ in 0..conns {
+                let mut c = TcpStream::connect(&addr).expect("connect");
+                c.set_read_timeout(timeout).unwrap();
+                c.write_all(b"12345678").unwrap();
+                if c.read_exact(&mut b).is_ok() && &b == b"12345678" {
+                    done += 1;
+                }
+                if t.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+            }
+            let cps = done as f64 / t.elapsed().as_secs_f64();
+            println!("{:.2} {:.1}", median.as_secs_f64() * 1e6, cps);
+        }
+        _ => {
+            eprintln!("usage: tcp_rr server | tcp_rr client HOST PORT RR N");
+            std::process::exit(2);
+        }
+    }
+}
