@@ -838,6 +838,10 @@ impl Stack {
                 f.rto = RTO_MIN;
                 io.tcp_watch(id, false);
                 self.tcp_ack(id);
+                // What the host client sent before the guest answered has raised its only
+                // readable edge already: send it now.
+                self.tcp_push(id, now, io);
+                self.tcp_maybe_done(id, io);
             }
             return;
         }
@@ -1963,6 +1967,13 @@ mod tests {
         s.tcp_timers(now + RTO_MIN, &mut h);
         let syn = to_guest_tcp(&mut s);
         assert_eq!(syn.len(), 1);
+        // The host client speaks first, before the guest has answered.
+        h.inbox = b"SSH-2.0-client".to_vec();
+        s.tcp_readable(id, false, now, &mut h);
+        assert!(
+            to_guest_tcp(&mut s).is_empty(),
+            "no data before the handshake"
+        );
         let syn = syn[0].0;
         assert_eq!(
             (syn.flags, syn.src_port, syn.dst_port),
@@ -2002,6 +2013,11 @@ mod tests {
         let ack = to_guest_tcp(&mut s);
         assert_eq!((ack[0].0.flags, ack[0].0.ack), (Tcp::ACK, 901));
         assert_eq!(s.tcp.get(&id).map(|f| f.phase), Some(Phase::Open));
+        // Then what the client sent goes at once (its readable edge is long gone).
+        assert_eq!(
+            ack.get(1).map(|(_, d)| d.as_slice()),
+            Some(&b"SSH-2.0-client"[..])
+        );
     }
 
     #[test]
