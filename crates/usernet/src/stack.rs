@@ -2020,6 +2020,37 @@ mod tests {
         );
     }
 
+    /// A guest that opens 100 000 connections: the first MAX_TCP_FLOWS get host sockets,
+    /// the rest are refused with RST and counted; memory stays bounded.
+    #[test]
+    fn a_hundred_thousand_connections_get_refusals() {
+        let mut s = stack();
+        let mut h = FakeHost::default();
+        let now = Instant::now();
+        let mut resets = 0;
+        for i in 0..100_000u32 {
+            let syn = Tcp {
+                src_port: 1 + (i % 50_000) as u16,
+                dst_port: 80 + (i / 50_000) as u16,
+                seq: i,
+                flags: Tcp::SYN,
+                window: 100,
+                ..Tcp::default()
+            };
+            s.from_guest(&guest_tcp(syn, b""), now, &mut h);
+            if i % 1000 == 999 {
+                resets += to_guest_tcp(&mut s)
+                    .iter()
+                    .filter(|(t, _)| t.flags & Tcp::RST != 0)
+                    .count();
+            }
+        }
+        assert_eq!(s.tcp_flows(), MAX_TCP_FLOWS);
+        assert_eq!(h.open.len(), MAX_TCP_FLOWS);
+        assert_eq!(s.stats.refused as usize, 100_000 - MAX_TCP_FLOWS);
+        assert_eq!(resets, 100_000 - MAX_TCP_FLOWS);
+    }
+
     #[test]
     fn tcp_refusals_and_resets() {
         let mut s = stack();
