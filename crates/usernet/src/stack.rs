@@ -75,7 +75,8 @@ pub trait HostIo {
     fn icmp_open(&mut self, id: FlowId, target: Ipv4Addr) -> io::Result<()>;
     /// Start a non-blocking TCP connect to `target` for flow `id`; the outcome goes to
     /// [`Stack::tcp_connected`].
-    fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
+    /// `Ok(true)`: connected already (the stack goes on at once, and no event follows).
+    fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<bool>;
     /// Write what the socket takes now (0 when it is full).
     fn tcp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize>;
     /// Append to `buf` up to `max` bytes of what the socket holds from `skip` bytes past the
@@ -939,12 +940,12 @@ impl Stack {
         let id = self.alloc_id();
         let started = match &target {
             GuestFwdTarget::Addr(a) => io.tcp_connect(id, *a),
-            GuestFwdTarget::Command(argv) => io.tcp_command(id, argv),
+            GuestFwdTarget::Command(argv) => io.tcp_command(id, argv).map(|()| false),
         };
-        if started.is_err() {
+        let Ok(connected) = started else {
             self.stats.refused += 1;
             return self.tcp_reset(&ip, &t, 0);
-        }
+        };
         let nanos = now.elapsed().as_nanos() as u32 ^ (id.wrapping_mul(2_654_435_761));
         let isn = nanos ^ (self.ip_id as u32) << 16;
         let mss = MAX_MSS;
@@ -976,6 +977,9 @@ impl Stack {
         };
         self.tcp.insert(id, flow);
         self.by_tcp_key.insert((guest, remote), id);
+        if connected {
+            self.tcp_connected(id, true, now, io);
+        }
     }
 
     /// A host connection arrived on a forwarded port: it goes to `guest`, appearing to come
@@ -1425,9 +1429,9 @@ mod tests {
             self.open.remove(&id);
             self.closed.push(id);
         }
-        fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()> {
+        fn tcp_connect(&mut self, id: FlowId, target: SocketAddr) -> io::Result<bool> {
             self.open.insert(id, target);
-            Ok(())
+            Ok(false)
         }
         fn tcp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize> {
             self.sent.push((id, data.to_vec()));
