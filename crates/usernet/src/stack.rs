@@ -1223,6 +1223,11 @@ impl Stack {
                 }
             };
             frame.truncate(TCP_FRAME_HLEN + got);
+            // A short read in a 64 KiB buffer: give the rest back, so that frames waiting
+            // for the guest cost what they carry.
+            if frame.capacity() - frame.len() > 4096 {
+                frame.shrink_to_fit();
+            }
             *ip_id = ip_id.wrapping_add(1);
             let ip = Ipv4 {
                 src: *f.remote.ip(),
