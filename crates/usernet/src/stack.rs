@@ -48,10 +48,10 @@ pub const ICMP_IDLE: Duration = Duration::from_secs(10);
 pub const TO_GUEST_CAP: usize = 4096;
 /// Bytes of frames waiting for the guest; past this, frames are dropped.
 pub const TO_GUEST_BYTES: usize = 8 << 20;
-/// TCP data is turned into frames only while fewer bytes than this wait for the guest; a
-/// flow that stops here goes on when the queue drains ([`Stack::resume`]), so memory for
-/// frames stays small however large the guest's window is.
-pub const TCP_QUEUE_BYTES: usize = 256 << 10;
+/// TCP data is turned into frames only while fewer bytes than this (two 64 KiB frames) wait
+/// for the guest; a flow that stops here goes on when the queue drains ([`Stack::resume`]),
+/// so memory for frames stays small however large the guest's window is.
+pub const TCP_QUEUE_BYTES: usize = 128 << 10;
 /// The most TCP payload in one segmentation-offloaded frame toward the guest (the IPv4
 /// total length stays within 65535 with a 20-byte TCP header).
 pub const GSO_MAX_PAYLOAD: usize = 65535 - 40;
@@ -1803,7 +1803,18 @@ mod tests {
         s.tcp_readable(id, h.eof, now, &mut h);
         let mut got = Vec::new();
         let mut big = 0;
-        while let Some((f, hdr)) = s.pop_frame_offload() {
+        let mut resumed = 0;
+        loop {
+            let Some((f, hdr)) = s.pop_frame_offload() else {
+                // The queue toward the guest is bounded: the flow waits for it to drain,
+                // then goes on (the driver calls `resume` when it has pulled everything).
+                if !s.has_blocked() {
+                    break;
+                }
+                resumed += 1;
+                s.resume(now, &mut h);
+                continue;
+            };
             let hdr = hdr.expect("offload metadata on every data frame");
             assert!(f.len() <= 14 + 65535);
             if hdr.gso_type == VirtioNetHdr::GSO_TCPV4 {
@@ -1821,6 +1832,10 @@ mod tests {
             .unwrap();
         }
         assert!(big >= 3, "{big} large frames");
+        assert!(
+            resumed >= 1,
+            "200 000 bytes do not fit the queue toward the guest at once"
+        );
         assert_eq!(
             got, data,
             "all of it, in order, within the window (8000 << 7)"
