@@ -116,13 +116,16 @@ echo "NETDEVD-TEST PASS"
 #[test]
 fn default_configuration_attaches_guests_with_the_printed_options() {
     let dir = TempDir::new("default");
-    let mut nd = std::process::Command::new(common::netdevd_bin())
-        .env("XDG_RUNTIME_DIR", &dir.0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = nd.child_stdout();
+    // In a Proc, so that a failing assertion below still ends the daemon.
+    let mut nd = common::Proc {
+        child: std::process::Command::new(common::netdevd_bin())
+            .env("XDG_RUNTIME_DIR", &dir.0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let out = nd.child.child_stdout();
     let attach: Vec<Vec<String>> = out
         .iter()
         .filter(|l| l.trim_start().starts_with("qemu-system-x86_64 ... "))
@@ -157,8 +160,7 @@ fn default_configuration_attaches_guests_with_the_printed_options() {
         b.wait_for("NETDEVD-GUEST EXIT", BOOT),
         "NETDEVD-GUEST EXIT 0"
     );
-    let _ = nd.kill();
-    let _ = nd.wait();
+    drop(nd);
 }
 
 trait StdoutLines {
