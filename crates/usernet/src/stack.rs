@@ -895,10 +895,11 @@ impl Stack {
                     f.rcv_nxt = f.rcv_nxt.wrapping_add(1);
                     f.guest_fin = true;
                 }
-                // A small in-sequence segment (or a FIN) the host socket took whole: its
-                // ACK can wait for the reply, or for the host's own FIN (as a receiver's
-                // delayed ACK does), once.
+                // A small in-sequence segment the host socket took whole: its ACK can wait
+                // for the reply to ride on (as a receiver's delayed ACK does), once. A FIN
+                // is acknowledged at once.
                 may_delay = take == data.len()
+                    && t.flags & Tcp::FIN == 0
                     && data.len() <= DELAYED_ACK_MAX
                     && f.to_host.is_empty()
                     && f.ack_due.is_none();
