@@ -395,14 +395,35 @@ impl Tcp {
 
 /// A whole Ethernet + IPv4 + TCP frame.
 pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
-    tcp_frame_parts(eth, ip, tcp, &[payload], false)
+    let mut f = tcp_headers(eth, ip, tcp, payload.len());
+    f.extend_from_slice(payload);
+    finish_tcp_frame(&mut f, &ip, false);
+    f
 }
 
-/// A whole Ethernet + IPv4 + TCP frame whose payload is `parts` one after the other. With
-/// `partial`, the checksum field holds only the pseudo-header sum, for a receiver that
-/// finishes it (virtio-net `NEEDS_CSUM` at offset 34 + 16); the payload is not summed.
-pub fn tcp_frame_parts(eth: Eth, ip: Ipv4, tcp: &Tcp, parts: &[&[u8]], partial: bool) -> Vec<u8> {
-    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+/// Bytes of Ethernet + IPv4 + TCP headers without options.
+pub const TCP_FRAME_HLEN: usize = ETH_HLEN + 20 + 20;
+
+/// Turn `f`, whose bytes from [`TCP_FRAME_HLEN`] on are the payload already in place, into
+/// a whole frame: the headers are written over its first bytes (`tcp`'s options are not
+/// written: data segments carry none), and the checksum is computed, or with `partial`
+/// left as the pseudo-header sum for a receiver that finishes it (virtio-net `NEEDS_CSUM`
+/// at offset 34 + 16). Short frames are padded to 60 bytes.
+pub fn tcp_frame_in_place(f: &mut Vec<u8>, eth: Eth, ip: Ipv4, tcp: &Tcp, partial: bool) {
+    assert!(f.len() >= TCP_FRAME_HLEN);
+    let plain = Tcp {
+        mss: None,
+        wscale: None,
+        ..*tcp
+    };
+    let h = tcp_headers(eth, ip, &plain, f.len() - TCP_FRAME_HLEN);
+    f[..TCP_FRAME_HLEN].copy_from_slice(&h);
+    finish_tcp_frame(f, &ip, partial);
+}
+
+/// Ethernet, IPv4 and TCP headers (options included) for `payload_len` bytes of payload,
+/// the TCP checksum field zero.
+fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize) -> Vec<u8> {
     let mut opts = Vec::new();
     if let Some(m) = tcp.mss {
         opts.extend_from_slice(&[2, 4]);
@@ -415,7 +436,6 @@ pub fn tcp_frame_parts(eth: Eth, ip: Ipv4, tcp: &Tcp, parts: &[&[u8]], partial: 
     let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + payload_len);
     eth.write(&mut f);
     ip.write(hlen + payload_len, &mut f);
-    let t = f.len();
     f.extend_from_slice(&tcp.src_port.to_be_bytes());
     f.extend_from_slice(&tcp.dst_port.to_be_bytes());
     f.extend_from_slice(&tcp.seq.to_be_bytes());
@@ -425,57 +445,14 @@ pub fn tcp_frame_parts(eth: Eth, ip: Ipv4, tcp: &Tcp, parts: &[&[u8]], partial: 
     f.extend_from_slice(&tcp.window.to_be_bytes());
     f.extend_from_slice(&[0, 0, 0, 0]);
     f.extend_from_slice(&opts);
-    for p in parts {
-        f.extend_from_slice(p);
-    }
-    let ps = pseudo_v4(
-        &ip.src.octets(),
-        &ip.dst.octets(),
-        PROTO_TCP,
-        hlen + payload_len,
-    );
-    let c = if partial {
-        crate::checksum::fold(ps)
-    } else {
-        finish(sum(&f[t..], ps))
-    };
-    f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
-    if f.len() < 60 {
-        f.resize(60, 0);
-    }
     f
 }
 
-/// Bytes of Ethernet + IPv4 + TCP headers without options.
-pub const TCP_FRAME_HLEN: usize = ETH_HLEN + 20 + 20;
-
-/// Turn `f`, whose bytes from [`TCP_FRAME_HLEN`] on are the payload already in place, into
-/// a whole frame: the headers are written over its first bytes (`tcp`'s options are not
-/// written: data segments carry none), and the checksum is computed, or with `partial`
-/// left as the pseudo-header sum for a receiver that finishes it. Short frames are padded
-/// to 60 bytes.
-pub fn tcp_frame_in_place(f: &mut Vec<u8>, eth: Eth, ip: Ipv4, tcp: &Tcp, partial: bool) {
-    assert!(f.len() >= TCP_FRAME_HLEN);
-    let payload_len = f.len() - TCP_FRAME_HLEN;
-    let mut h = Vec::with_capacity(TCP_FRAME_HLEN);
-    eth.write(&mut h);
-    ip.write(20 + payload_len, &mut h);
-    h.extend_from_slice(&tcp.src_port.to_be_bytes());
-    h.extend_from_slice(&tcp.dst_port.to_be_bytes());
-    h.extend_from_slice(&tcp.seq.to_be_bytes());
-    h.extend_from_slice(&tcp.ack.to_be_bytes());
-    h.push(5 << 4);
-    h.push(tcp.flags);
-    h.extend_from_slice(&tcp.window.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0, 0]);
-    f[..TCP_FRAME_HLEN].copy_from_slice(&h);
+/// Fill the TCP checksum of a frame whose segment runs to its end (whole, or with
+/// `partial` only the pseudo-header sum), then pad it to 60 bytes.
+fn finish_tcp_frame(f: &mut Vec<u8>, ip: &Ipv4, partial: bool) {
     let t = ETH_HLEN + 20;
-    let ps = pseudo_v4(
-        &ip.src.octets(),
-        &ip.dst.octets(),
-        PROTO_TCP,
-        20 + payload_len,
-    );
+    let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_TCP, f.len() - t);
     let c = if partial {
         crate::checksum::fold(ps)
     } else {
