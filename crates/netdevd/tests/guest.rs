@@ -242,15 +242,7 @@ echo "NETDEVD-TEST PASS"
     let lease = g.wait_for("LEASE ", BOOT);
     assert_eq!(lease, "LEASE 10.0.2.15 10.0.2.2 10.0.2.3 guest9");
     let md5 = g.wait_for("MD5 ", BOOT);
-    let want = std::process::Command::new("md5sum")
-        .arg(www.join("file"))
-        .output()
-        .unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let want = common::digest("md5sum", &www.join("file"));
     assert_eq!(md5, format!("MD5 {want}"));
     g.wait_for("NETDEVD-TEST PASS", BOOT);
     assert_eq!(

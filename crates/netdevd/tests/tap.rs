@@ -8,22 +8,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{start_netdevd, Netns, Qmp, TempDir};
+use common::{sh, start_netdevd, Netns, Qmp, TempDir};
 use serde_json::{json, Value};
 
 fn nstap_bin() -> &'static str {
     env!("CARGO_BIN_EXE_netdevd-nstap")
-}
-
-/// `ip netns exec NS sh -c CMD`, its output; panics on failure unless `may_fail`.
-fn sh(ns: &Netns, cmd: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 fn must(ns: &Netns, cmd: &str) -> String {

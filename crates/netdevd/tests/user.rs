@@ -10,18 +10,7 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{start_netdevd, Netns, Proc, TempDir};
-
-fn sh(ns: &Netns, cmd: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
+use common::{hand_tap, sh, start_netdevd, Netns, Proc, TempDir};
 
 #[test]
 fn dhcp_dns_ping_and_udp_from_a_namespace() {
@@ -70,13 +59,7 @@ fn dhcp_dns_ping_and_udp_from_a_namespace() {
             "hubport,id=up,hubid=0,netdev=u",
         ],
     );
-    let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
-        .args(["--netns", &ns.name, "--qmp"])
-        .arg(&sock)
-        .args(["--id", "g", "--hub", "0"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    hand_tap(&ns, &sock);
     let script = dir.path("udhcpc.sh");
     std::fs::write(
         &script,
@@ -154,13 +137,7 @@ fn user_guest(dir: &TempDir, ns: &Netns, user_opts: &str) -> Proc {
             "hubport,id=up,hubid=0,netdev=u",
         ],
     );
-    let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
-        .args(["--netns", &ns.name, "--qmp"])
-        .arg(&sock)
-        .args(["--id", "g", "--hub", "0"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    hand_tap(ns, &sock);
     let (ok, out) = sh(ns, "ip addr add 10.0.2.15/24 dev tap0 && ip link set tap0 up && ip route add default via 10.0.2.2");
     assert!(ok, "{out}");
     d
@@ -186,15 +163,7 @@ fn tcp_to_the_host_through_the_gateway() {
         &ns,
         &format!("busybox wget -q -O - http://10.0.2.2:{port}/blob | sha256sum"),
     );
-    let want = Command::new("sha256sum")
-        .arg(www.join("blob"))
-        .output()
-        .unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let want = common::digest("sha256sum", &www.join("blob"));
     assert!(
         ok && out.starts_with(&want),
         "download differs: {out} vs {want}"
@@ -443,15 +412,7 @@ fn tftp_serves_the_boot_file_and_nothing_outside_its_root() {
             root.display()
         ),
     );
-    let want = Command::new("sha256sum")
-        .arg(root.join("pxelinux.0"))
-        .output()
-        .unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let want = common::digest("sha256sum", &root.join("pxelinux.0"));
     for (i, extra) in ["", "-b 1024"].into_iter().enumerate() {
         let out_file = dir.path(&format!("got{i}"));
         let (ok, out) = sh(
@@ -503,15 +464,7 @@ fn malformed_frames_are_dropped_and_other_flows_go_on() {
         .collect();
     std::fs::write(www.join("blob"), &blob).unwrap();
     let (_http, port) = common::http_server(&www);
-    let want = Command::new("md5sum")
-        .arg(www.join("blob"))
-        .output()
-        .unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let want = common::digest("md5sum", &www.join("blob"));
     // The download, throttled so that it is still running while the bad frames go in.
     let download = Command::new("ip")
         .args(["netns", "exec", &ns.name, "sh", "-c"])

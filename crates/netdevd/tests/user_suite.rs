@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ns_python, start_netdevd_env, Netns, Proc, TempDir};
+use common::{hand_tap, ns_python, sh, start_netdevd_env, Netns, Proc, TempDir};
 
 /// The address of `far` as `host` and the guest see it.
 const FAR: &str = "198.18.0.2";
@@ -32,17 +32,6 @@ enum Nat {
     /// netdevd as on kernels before 6.9 (no `SO_PEEK_OFF` for TCP: peeks from the start).
     NetdevdNoPeekOff,
     Slirp4netns,
-}
-
-fn sh(ns: &Netns, cmd: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 fn must(ns: &Netns, cmd: &str) {
@@ -156,15 +145,7 @@ impl World {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         std::fs::write(www.join("file"), &body).unwrap();
-        let out = Command::new("md5sum")
-            .arg(www.join("file"))
-            .output()
-            .unwrap();
-        w.md5 = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+        w.md5 = common::digest("md5sum", &www.join("file"));
         // The upstream resolver, on the host namespace's loopback.
         w.procs.push(Proc {
             child: Command::new("ip")
@@ -249,13 +230,7 @@ impl World {
             ],
             env,
         ));
-        let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
-            .args(["--netns", &self.guest.name, "--qmp"])
-            .arg(&sock)
-            .args(["--id", "g", "--hub", "0"])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        hand_tap(&self.guest, &sock);
     }
 
     fn start_slirp4netns(&mut self) {

@@ -81,6 +81,43 @@ impl Drop for Netns {
     }
 }
 
+/// `ip netns exec NS sh -c CMD`: whether it succeeded, and its stdout then stderr.
+pub fn sh(ns: &Netns, cmd: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Hand `ns` a tap (`tap0`) whose other end is netdev `g` on hub 0 of the netdevd serving
+/// QMP on `sock` (netdevd-nstap: getfd, netdev_add tap,fd=, hubport).
+pub fn hand_tap(ns: &Netns, sock: &Path) {
+    let st = Command::new(env!("CARGO_BIN_EXE_netdevd-nstap"))
+        .args(["--netns", &ns.name, "--qmp"])
+        .arg(sock)
+        .args(["--id", "g", "--hub", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "netdevd-nstap failed");
+}
+
+/// The hex digest `tool` (`md5sum`, `sha256sum`) prints for the file at `path`.
+pub fn digest(tool: &str, path: &Path) -> String {
+    let out = Command::new(tool)
+        .arg(path)
+        .output()
+        .expect("coreutils runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("{tool} printed nothing for {}", path.display()))
+        .to_string()
+}
+
 /// A process we started; killed (by its own pid) on drop if still running.
 pub struct Proc {
     pub child: Child,
