@@ -47,7 +47,6 @@ impl HostIo for Host {
     fn tcp_consume(&mut self, _id: FlowId, _n: usize) {}
     fn tcp_shutdown(&mut self, _id: FlowId) {}
     fn tcp_close(&mut self, _id: FlowId, _abort: bool) {}
-    fn tcp_watch(&mut self, _id: FlowId, _w: bool) {}
     fn tcp_command(&mut self, _id: FlowId, _argv: &[String]) -> io::Result<()> {
         Ok(())
     }

@@ -355,13 +355,23 @@ impl HostIo for Host<'_> {
         );
         Ok(())
     }
-
-    fn tcp_watch(&mut self, _id: FlowId, _write: bool) {
-        // Nothing to change: TCP sockets are edge-triggered both ways from the start.
-    }
 }
 
 impl UserBackend {
+    /// The stack and the host side it works on, borrowed apart.
+    fn split(&mut self) -> (&mut Stack, Host<'_>) {
+        (
+            &mut self.stack,
+            Host {
+                reg: &self.reg,
+                socks: &mut self.socks,
+                forwards: &self.forwards,
+                children: &mut self.children,
+                scratch: &mut self.scratch,
+            },
+        )
+    }
+
     /// The backend, with its forwarded host ports listening.
     pub fn new(reg: Registration, cfg: Config) -> Result<Self, crate::BackendError> {
         let info = format!(
@@ -492,21 +502,12 @@ impl UserBackend {
 
 impl Endpoint for UserBackend {
     fn receive(&mut self, frame: &Frame) -> Rx {
-        let mut host = Host {
-            reg: &self.reg,
-            socks: &mut self.socks,
-            forwards: &self.forwards,
-            children: &mut self.children,
-            scratch: &mut self.scratch,
-        };
+        let (stack, mut host) = self.split();
         match &frame.offload {
             Some(hdr) if hdr.needs_work() => {
-                self.stack
-                    .from_guest_offloaded(&frame.data, hdr, Instant::now(), &mut host)
+                stack.from_guest_offloaded(&frame.data, hdr, Instant::now(), &mut host)
             }
-            _ => self
-                .stack
-                .from_guest(&frame.data, Instant::now(), &mut host),
+            _ => stack.from_guest(&frame.data, Instant::now(), &mut host),
         }
         Rx::Taken
     }
@@ -567,28 +568,16 @@ impl Backend for UserBackend {
                     }
                     let ok = matches!(rnet::sockopt::socket_error(&*fd), Ok(Ok(())));
                     *connecting = false;
-                    let mut host = Host {
-                        reg: &self.reg,
-                        socks: &mut self.socks,
-                        forwards: &self.forwards,
-                        children: &mut self.children,
-                        scratch: &mut self.scratch,
-                    };
-                    self.stack.tcp_connected(sub, ok, now, &mut host);
+                    let (stack, mut host) = self.split();
+                    stack.tcp_connected(sub, ok, now, &mut host);
                     return;
                 }
-                let mut host = Host {
-                    reg: &self.reg,
-                    socks: &mut self.socks,
-                    forwards: &self.forwards,
-                    children: &mut self.children,
-                    scratch: &mut self.scratch,
-                };
+                let (stack, mut host) = self.split();
                 if r.writable {
-                    self.stack.tcp_writable(sub, now, &mut host);
+                    stack.tcp_writable(sub, now, &mut host);
                 }
                 if r.readable || r.closed {
-                    self.stack.tcp_readable(sub, r.closed, now, &mut host);
+                    stack.tcp_readable(sub, r.closed, now, &mut host);
                 }
             }
             // Forwarded UDP flows have no socket of their own.
@@ -605,26 +594,14 @@ impl Backend for UserBackend {
     }
 
     fn timers(&mut self, now: Instant) {
-        let mut host = Host {
-            reg: &self.reg,
-            socks: &mut self.socks,
-            forwards: &self.forwards,
-            children: &mut self.children,
-            scratch: &mut self.scratch,
-        };
-        self.stack.timers(now, &mut host);
+        let (stack, mut host) = self.split();
+        stack.timers(now, &mut host);
     }
 
     fn poll_frame(&mut self, out: &mut Frame) -> bool {
         if !self.stack.has_frames() && self.stack.has_blocked() {
-            let mut host = Host {
-                reg: &self.reg,
-                socks: &mut self.socks,
-                forwards: &self.forwards,
-                children: &mut self.children,
-                scratch: &mut self.scratch,
-            };
-            self.stack.resume(Instant::now(), &mut host);
+            let (stack, mut host) = self.split();
+            stack.resume(Instant::now(), &mut host);
         }
         match self.stack.pop_frame_offload() {
             Some((f, hdr)) => {

@@ -61,7 +61,10 @@ pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 /// One UDP flow's handle.
 pub type FlowId = u32;
 
-/// Host sockets, as the driver provides them.
+/// Host sockets, as the driver provides them. The driver watches each TCP socket for
+/// reading and writing from the start, edge-triggered (peeked bytes stay in the socket, so
+/// only new data may wake the loop): new data, the end of the stream or an error go to
+/// [`Stack::tcp_readable`], room to write to [`Stack::tcp_writable`].
 pub trait HostIo {
     /// Open a UDP socket connected to `target` for flow `id`; datagrams arriving on it go
     /// to [`Stack::from_host`] with `id`.
@@ -96,9 +99,6 @@ pub trait HostIo {
     fn tcp_shutdown(&mut self, id: FlowId);
     /// Close the socket; `abort` resets the connection.
     fn tcp_close(&mut self, id: FlowId, abort: bool);
-    /// Watch the open socket: for new data always (edge-triggered: bytes already peeked do
-    /// not wake the loop again), for room to write when `write`.
-    fn tcp_watch(&mut self, id: FlowId, write: bool);
     /// Start `argv` with a new stream socket on its stdin/stdout, for flow `id`; the outcome
     /// goes to [`Stack::tcp_connected`] as for a connect (`guestfwd` with `cmd:`).
     fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()>;
@@ -414,7 +414,7 @@ impl Stack {
                     self.stats.refused += 1;
                     return;
                 }
-                self.flows.insert(
+                self.add_flow(
                     id,
                     UdpFlow {
                         guest,
@@ -424,7 +424,6 @@ impl Stack {
                         icmp: true,
                     },
                 );
-                self.by_icmp_key.insert((guest, remote), id);
                 id
             }
         };
@@ -481,6 +480,21 @@ impl Stack {
         }
     }
 
+    /// The key map of UDP flows, or of ICMP echo flows.
+    fn flow_keys(&mut self, icmp: bool) -> &mut HashMap<(SocketAddrV4, SocketAddrV4), FlowId> {
+        if icmp {
+            &mut self.by_icmp_key
+        } else {
+            &mut self.by_key
+        }
+    }
+
+    /// Record flow `id` under its key.
+    fn add_flow(&mut self, id: FlowId, f: UdpFlow) {
+        self.flow_keys(f.icmp).insert((f.guest, f.remote), id);
+        self.flows.insert(id, f);
+    }
+
     fn alloc_id(&mut self) -> FlowId {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
@@ -533,7 +547,7 @@ impl Stack {
         } else {
             UDP_IDLE
         };
-        self.flows.insert(
+        self.add_flow(
             id,
             UdpFlow {
                 guest,
@@ -543,7 +557,6 @@ impl Stack {
                 icmp: false,
             },
         );
-        self.by_key.insert((guest, remote), id);
         Some(id)
     }
 
@@ -636,7 +649,7 @@ impl Stack {
                     return None;
                 }
                 let id = self.alloc_id();
-                self.flows.insert(
+                self.add_flow(
                     id,
                     UdpFlow {
                         guest,
@@ -646,7 +659,6 @@ impl Stack {
                         icmp: false,
                     },
                 );
-                self.by_key.insert((guest, remote), id);
                 (id, true)
             }
         };
@@ -837,7 +849,6 @@ impl Stack {
                 f.phase = Phase::Open;
                 f.rto_at = None;
                 f.rto = RTO_MIN;
-                io.tcp_watch(id, false);
                 self.tcp_ack(id);
                 // What the host client sent before the guest answered has raised its only
                 // readable edge already: send it now.
@@ -1092,7 +1103,6 @@ impl Stack {
         }
         f.phase = Phase::Open;
         f.last = now;
-        io.tcp_watch(id, false);
         self.tcp_synack(id);
     }
 
@@ -1142,7 +1152,6 @@ impl Stack {
             f.host_shut = true;
             io.tcp_shutdown(id);
         }
-        io.tcp_watch(id, !f.to_host.is_empty());
     }
 
     /// Send what the guest's window allows, peeked from the host socket straight into each
@@ -1389,11 +1398,7 @@ impl Stack {
             .collect();
         for id in dead {
             if let Some(f) = self.flows.remove(&id) {
-                if f.icmp {
-                    self.by_icmp_key.remove(&(f.guest, f.remote));
-                } else {
-                    self.by_key.remove(&(f.guest, f.remote));
-                }
+                self.flow_keys(f.icmp).remove(&(f.guest, f.remote));
                 io.udp_close(id);
             }
         }
@@ -1474,7 +1479,6 @@ mod tests {
                 self.aborted.push(id);
             }
         }
-        fn tcp_watch(&mut self, _id: FlowId, _write: bool) {}
         fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()> {
             self.open
                 .insert(id, SocketAddr::from(([0, 0, 0, 0], argv.len() as u16)));
