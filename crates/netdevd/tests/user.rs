@@ -519,6 +519,10 @@ for i in range(3000):
     f = bad[i % len(bad)] if i < 2000 else bytes(random.getrandbits(8) for _ in range(random.randrange(1, 1600)))
     if i >= 2000 and random.random() < 0.5:
         f = eth + f
+    # Network rule: whatever random bytes happen to parse as IPv4 goes to 10.0.2.2 (the
+    # host's loopback), never to an address outside.
+    if len(f) >= 34 and f[12:14] == b'\x08\x00':
+        f = f[:30] + bytes([10, 0, 2, 2]) + f[34:]
     try:
         s.send(f)
         n += 1
