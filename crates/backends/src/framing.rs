@@ -19,8 +19,11 @@ pub struct BadLength(pub u32);
 /// chunk.
 #[derive(Debug, Default)]
 pub struct FrameReader {
+    /// Bytes `start..end` are held; the rest is room, zeroed once when the buffer grew
+    /// (not before every read: that would cost more than a small read).
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameReader {
@@ -30,12 +33,25 @@ impl FrameReader {
 
     /// Bytes held that do not form a whole frame yet (or frames not taken yet).
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     pub fn reset(&mut self) {
-        self.buf.clear();
         self.start = 0;
+        self.end = 0;
+    }
+
+    /// Room for `n` more bytes after `end`, moving the held bytes to the front first when
+    /// that frees more than half.
+    fn make_room(&mut self, n: usize) {
+        if self.start > 0 && (self.start == self.end || self.start > self.end / 2) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < self.end + n {
+            self.buf.resize(self.end + n, 0);
+        }
     }
 
     /// Read once into the buffer with `read` (given free space), returning what it returned.
@@ -43,30 +59,25 @@ impl FrameReader {
         &mut self,
         read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, E> {
-        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.len() / 2) {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        self.make_room(READ_CHUNK);
+        let r = read(&mut self.buf[self.end..self.end + READ_CHUNK]);
+        if let Ok(n) = &r {
+            self.end += (*n).min(READ_CHUNK);
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let r = read(&mut self.buf[len..]);
-        let n = match &r {
-            Ok(n) => *n,
-            Err(_) => 0,
-        };
-        self.buf.truncate(len + n);
         r
     }
 
     /// Feed bytes already read elsewhere.
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.make_room(data.len());
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
     }
 
     /// The next whole frame, copied into `out` (reusing its allocation); false if the
     /// buffer holds no whole frame.
     pub fn next_frame_into(&mut self, out: &mut Vec<u8>) -> Result<bool, BadLength> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let Some(hdr) = avail.get(..4) else {
             return Ok(false);
         };
@@ -85,7 +96,7 @@ impl FrameReader {
 
     /// The next whole frame, if the buffer holds one.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, BadLength> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let Some(hdr) = avail.get(..4) else {
             return Ok(None);
         };

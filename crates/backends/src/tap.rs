@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use netdevd_core::frame::{Frame, VirtioNetHdr, MAX_FRAME};
 use netdevd_core::net::{Endpoint, Rx};
-use rustix::io::{Errno, IoSlice, IoSliceMut};
+use rustix::io::{Errno, IoSlice};
 
 use crate::{Backend, BackendError, Events, Interest, Ready, Registration};
 
@@ -183,20 +183,15 @@ impl Backend for TapBackend {
         for k in 0..n {
             let i = (self.next_queue + k) % n;
             let fd = &self.queues[i].fd;
-            out.data.resize(MAX_FRAME, 0);
+            // Into the buffer's spare capacity: a 64 KiB buffer zeroed for every read would
+            // cost more than the read.
+            out.data.clear();
             let mut hdr = [0u8; VirtioNetHdr::LEN];
-            let r = if self.vnet_hdr {
-                rustix::io::readv(
-                    fd,
-                    &mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(&mut out.data)],
-                )
-                .map(|n| n.saturating_sub(VirtioNetHdr::LEN))
-            } else {
-                rustix::io::read(fd, &mut out.data[..])
-            };
+            let head: &mut [u8] = if self.vnet_hdr { &mut hdr } else { &mut [] };
+            let r = netdevd_sys::readv_append(fd.as_fd(), head, &mut out.data, MAX_FRAME)
+                .map(|n| n.saturating_sub(head.len()));
             match r {
                 Ok(len) if len > 0 => {
-                    out.data.truncate(len);
                     out.offload =
                         VirtioNetHdr::parse(&hdr).filter(|h| self.vnet_hdr && h.needs_work());
                     if out.data.len() < 60 && out.offload.is_none() {
@@ -206,7 +201,11 @@ impl Backend for TapBackend {
                     return true;
                 }
                 Ok(_) => {}
-                Err(Errno::AGAIN) | Err(Errno::INTR) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     if !self.warned {
                         tracing::warn!(tap = %self.ifname, "read failed: {e}");

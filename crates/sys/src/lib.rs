@@ -226,6 +226,45 @@ pub fn tcp_discard(fd: BorrowedFd<'_>, n: usize) -> io::Result<usize> {
     }
 }
 
+/// `readv` of one datagram or frame into `head` and then up to `max` bytes appended to `buf`
+/// (into its spare capacity, never zeroed first); returns the bytes read in all and leaves
+/// `buf` longer by what went past `head`. Non-blocking if the fd is.
+pub fn readv_append(
+    fd: BorrowedFd<'_>,
+    head: &mut [u8],
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    buf.reserve(max);
+    let len = buf.len();
+    let iov = [
+        libc::iovec {
+            iov_base: head.as_mut_ptr().cast(),
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            // SAFETY: `len` is within the allocation (reserve above made room for `max`
+            // more), so the pointer stays in bounds.
+            iov_base: unsafe { buf.as_mut_ptr().add(len) }.cast(),
+            iov_len: max,
+        },
+    ];
+    let parts = if head.is_empty() { &iov[1..] } else { &iov[..] };
+    // SAFETY: both iovecs point at memory this function holds exclusively (`head` by &mut,
+    // the spare capacity of `buf` by &mut), at most as long as each; the kernel only writes.
+    let r = unsafe { libc::readv(fd.as_raw_fd(), parts.as_ptr(), parts.len() as libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = r as usize;
+    let tail = n.saturating_sub(head.len()).min(max);
+    // SAFETY: the kernel wrote `tail` bytes into the spare capacity right after `len`
+    // (readv fills the iovecs in order, so what went past `head` is there), so they are
+    // initialised, and `len + tail` is within the capacity reserved above.
+    unsafe { buf.set_len(len + tail) };
+    Ok(n)
+}
+
 /// Ignore SIGPIPE: a client that goes away must not kill the daemon.
 pub fn ignore_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no memory effects.
