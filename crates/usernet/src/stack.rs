@@ -907,10 +907,9 @@ impl Stack {
                     f.guest_fin = true;
                 }
                 // A small in-sequence segment the host socket took whole: its ACK can wait
-                // for the reply to ride on (as a receiver's delayed ACK does), once. A FIN
-                // is acknowledged at once.
+                // for the reply to ride on (as a receiver's delayed ACK does), once. So can
+                // a FIN's: the host's FIN usually follows at once and carries it.
                 may_delay = take == data.len()
-                    && t.flags & Tcp::FIN == 0
                     && data.len() <= DELAYED_ACK_MAX
                     && f.to_host.is_empty()
                     && f.ack_due.is_none();
