@@ -221,6 +221,10 @@ pub fn start_qemu_in(ns: Option<&Netns>, sock: &Path, extra: &[&str]) -> Proc {
         ),
     };
     wait_for_socket(sock, &mut p);
+    // The QMP socket exists before QEMU has made its netdevs (chardevs come first); QEMU
+    // greets only from its main loop, after all of them: a peer that connects to one of
+    // QEMU's listening netdevs must not start before that.
+    drop(Qmp::connect(sock));
     p
 }
 
