@@ -1,21 +1,57 @@
 //! The latency and connection-rate load of `bench/user-ns`, compiled so that the client's
 //! own cost is small next to what it measures.
 //!
-//!     tcp_rr server                 echo server on 127.0.0.1 (port printed on stdout)
+//!     tcp_rr server                 echo server on 127.0.0.1 (port printed on stdout): one
+//!                                   thread and epoll, so that a connection costs the server
+//!                                   little next to what the NAT under test costs
 //!     tcp_rr client HOST PORT RR N  RR one-byte round trips on one connection, then N
 //!                                   connections one after another (connect, 8 bytes echoed,
 //!                                   close; stops after 30 s); prints the median round trip in
 //!                                   microseconds and the connections per second
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-fn echo(mut c: TcpStream) {
-    let _ = c.set_nodelay(true);
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = c.read(&mut buf) {
-        if n == 0 || c.write_all(&buf[..n]).is_err() {
-            return;
+use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
+
+/// Echo every connection on one thread. Sockets stay blocking: a read happens only after
+/// epoll reported the socket readable, and the echoes are small.
+fn serve(l: TcpListener) -> std::io::Result<()> {
+    let ep = epoll::create(CreateFlags::CLOEXEC)?;
+    epoll::add(&ep, &l, EventData::new_u64(u64::MAX), EventFlags::IN)?;
+    let mut conns: HashMap<u64, TcpStream> = HashMap::new();
+    let mut next = 0u64;
+    let mut events = Vec::with_capacity(256);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        events.clear();
+        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        for ev in &events {
+            let key = ev.data.u64();
+            if key == u64::MAX {
+                let (c, _) = l.accept()?;
+                c.set_nodelay(true)?;
+                epoll::add(&ep, &c, EventData::new_u64(next), EventFlags::IN)?;
+                conns.insert(next, c);
+                next += 1;
+                continue;
+            }
+            let Some(c) = conns.get_mut(&key) else {
+                continue;
+            };
+            let done = match c.read(&mut buf) {
+                Ok(0) | Err(_) => true,
+                Ok(n) => c.write_all(&buf[..n]).is_err(),
+            };
+            if done {
+                // Closing the socket takes it out of the epoll set.
+                conns.remove(&key);
+            }
         }
     }
 }
@@ -26,8 +62,9 @@ fn main() {
         Some("server") => {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             println!("{}", l.local_addr().unwrap().port());
-            for c in l.incoming().flatten() {
-                std::thread::spawn(move || echo(c));
+            if let Err(e) = serve(l) {
+                eprintln!("tcp_rr server: {e}");
+                std::process::exit(1);
             }
         }
         Some("client") if args.len() == 5 => {
