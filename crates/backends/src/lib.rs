@@ -49,6 +49,11 @@ impl Registration {
         self.reactor.modify(fd, self.base | sub as u64, interest)
     }
 
+    /// The reactor's loop turn (see [`netdevd_reactor::Reactor::turn`]).
+    pub fn turn(&self) -> u64 {
+        self.reactor.turn()
+    }
+
     pub fn remove(&self, fd: BorrowedFd<'_>) {
         // An fd that is about to be closed leaves epoll anyway; an error here changes nothing.
         let _ = self.reactor.deregister(fd);

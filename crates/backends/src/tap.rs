@@ -11,7 +11,12 @@
 //! - Frames shorter than 60 bytes are padded with zeros before they go to the peer, as
 //!   QEMU's tap does.
 //! - Reads: one frame per `readv` (header and frame land in place); the queues are read in
-//!   turn. Writes: one `writev` per frame on queue 0; EAGAIN answers busy until writable.
+//!   turn. A queue is read only after epoll reported it readable (level-triggered, so
+//!   nothing is missed), and then once per report, unless it was reported in two loop turns
+//!   in a row: then it is read until EAGAIN. A guest that sends a frame now and then (a
+//!   request, a round trip) so costs one `readv` per frame, not one more that answers
+//!   EAGAIN; a guest that sends many still costs one EAGAIN per burst.
+//!   Writes: one `writev` per frame on queue 0; EAGAIN answers busy until writable.
 //! - Multiqueue: every queue is read; frames to the host go out on queue 0 (the kernel
 //!   accepts a frame on any queue). A NIC with queues of its own maps them later.
 //! - On delete: the down-script runs (if this tap was created with one), fds close.
@@ -42,6 +47,12 @@ pub struct TapConfig {
 struct Queue {
     fd: OwnedFd,
     interest: Interest,
+    /// Epoll reported it readable and it has not been read since (or read until EAGAIN).
+    armed: bool,
+    /// Read until EAGAIN while armed, not once.
+    drain: bool,
+    /// The loop turn it was last reported readable in.
+    last_turn: u64,
 }
 
 /// The backend.
@@ -84,6 +95,9 @@ impl TapBackend {
             queues.push(Queue {
                 fd,
                 interest: Interest::READ,
+                armed: true,
+                drain: true,
+                last_turn: 0,
             });
         }
         Ok(TapBackend {
@@ -168,6 +182,14 @@ impl Endpoint for TapBackend {
 
 impl Backend for TapBackend {
     fn ready(&mut self, sub: u32, r: Ready) {
+        if let Some(q) = self.queues.get_mut(sub as usize) {
+            if r.readable || r.closed {
+                let turn = self.reg.turn();
+                q.armed = true;
+                q.drain = q.last_turn + 1 == turn;
+                q.last_turn = turn;
+            }
+        }
         if sub == 0 && r.writable && self.blocked {
             self.blocked = false;
             self.events.drained = true;
@@ -182,7 +204,11 @@ impl Backend for TapBackend {
         let n = self.queues.len();
         for k in 0..n {
             let i = (self.next_queue + k) % n;
-            let fd = &self.queues[i].fd;
+            let q = &mut self.queues[i];
+            if !q.armed {
+                continue;
+            }
+            let fd = &q.fd;
             // Into the buffer's spare capacity: a 64 KiB buffer zeroed for every read would
             // cost more than the read.
             out.data.clear();
@@ -192,6 +218,7 @@ impl Backend for TapBackend {
                 .map(|n| n.saturating_sub(head.len()));
             match r {
                 Ok(len) if len > 0 => {
+                    q.armed = q.drain;
                     out.offload =
                         VirtioNetHdr::parse(&hdr).filter(|h| self.vnet_hdr && h.needs_work());
                     if out.data.len() < 60 && out.offload.is_none() {
@@ -201,11 +228,8 @@ impl Backend for TapBackend {
                     return true;
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => q.armed = false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if !self.warned {
                         tracing::warn!(tap = %self.ifname, "read failed: {e}");

@@ -12,7 +12,7 @@
 //! in its own.
 #![forbid(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -97,6 +97,8 @@ pub struct Ready {
 pub struct Reactor {
     epoll: OwnedFd,
     events: RefCell<Vec<Event>>,
+    /// Waits so far: see [`Reactor::turn`].
+    turns: Cell<u64>,
 }
 
 /// Events taken from the kernel per wait.
@@ -107,6 +109,7 @@ impl Reactor {
         Ok(Reactor {
             epoll: epoll::create(CreateFlags::CLOEXEC)?,
             events: RefCell::new(Vec::with_capacity(EVENTS_PER_WAIT)),
+            turns: Cell::new(0),
         })
     }
 
@@ -132,9 +135,17 @@ impl Reactor {
         Ok(epoll::delete(&self.epoll, fd)?)
     }
 
+    /// How many waits have begun: the loop turn the events of the last wait belong to. A
+    /// level-triggered fd reported in two turns in a row had more to read than one pass
+    /// took.
+    pub fn turn(&self) -> u64 {
+        self.turns.get()
+    }
+
     /// Wait until an fd is ready or `deadline` passes (`None`: no deadline). Ready fds are
     /// appended to `out`. EINTR is an empty wait.
     pub fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Ready>) -> io::Result<()> {
+        self.turns.set(self.turns.get() + 1);
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             // epoll_wait counts whole milliseconds: add one so a timer never fires early.
