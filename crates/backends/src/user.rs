@@ -22,6 +22,10 @@ use netdevd_usernet::{Config, HostIo, Stack};
 
 use crate::{Backend, Events, Interest, Ready, Registration};
 
+/// Frames toward the guest up to this size are copied into the loop's frame buffer rather
+/// than swapped with it (see [`UserBackend::poll_frame`]).
+const SMALL_FRAME: usize = 2048;
+
 /// Datagrams read from one host socket per loop turn.
 pub const READS_PER_WAKEUP: usize = 64;
 
@@ -605,7 +609,15 @@ impl Backend for UserBackend {
         }
         match self.stack.pop_frame_offload() {
             Some((f, hdr)) => {
-                out.data = f;
+                if f.len() <= SMALL_FRAME {
+                    // Copied: the buffer keeps its size for the next frame read from a tap.
+                    out.data.clear();
+                    out.data.extend_from_slice(&f);
+                } else {
+                    // Swapped: the buffer it replaces builds a later big frame.
+                    let old = std::mem::replace(&mut out.data, f);
+                    self.stack.recycle(old);
+                }
                 out.offload = hdr;
                 true
             }

@@ -51,10 +51,18 @@ pub const TO_GUEST_BYTES: usize = 8 << 20;
 /// TCP data is turned into frames only while fewer bytes than this (two 64 KiB frames) wait
 /// for the guest; a flow that stops here goes on when the queue drains ([`Stack::resume`]),
 /// so memory for frames stays small however large the guest's window is.
-pub const TCP_QUEUE_BYTES: usize = 128 << 10;
+pub const TCP_QUEUE_BYTES: usize = 64 << 10;
 /// The most TCP payload in one segmentation-offloaded frame toward the guest (the IPv4
 /// total length stays within 65535 with a 20-byte TCP header).
 pub const GSO_MAX_PAYLOAD: usize = 65535 - 40;
+/// The size of the buffers big TCP frames are built in: what the core reads a frame into
+/// (`netdevd_core::frame::MAX_FRAME`), so that one buffer serves both ways.
+pub const FRAME_BUF: usize = 4096 + 65536;
+/// Payloads up to this are built in a buffer of their own size, bigger ones in a
+/// [`FRAME_BUF`] buffer.
+const SMALL_PAYLOAD: usize = 2048;
+/// Spare [`FRAME_BUF`] buffers kept.
+const SPARE_BUFS: usize = 4;
 /// The MAC every stack address answers with (libslirp's `special_ethaddr`).
 pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 
@@ -145,6 +153,8 @@ pub struct Stack {
     guest_mac: Option<[u8; 6]>,
     to_guest: VecDeque<(Vec<u8>, Option<VirtioNetHdr>)>,
     to_guest_bytes: usize,
+    /// Frame buffers of [`FRAME_BUF`] bytes given back (see [`Stack::recycle`]).
+    spare: Vec<Vec<u8>>,
     /// Frames toward the guest may carry offloads (see [`Stack::set_offload`]).
     offload: bool,
     /// TCP flows with data to send that stopped at [`TCP_QUEUE_BYTES`].
@@ -170,6 +180,7 @@ impl Stack {
             guest_mac: None,
             to_guest: VecDeque::new(),
             to_guest_bytes: 0,
+            spare: Vec::new(),
             offload: false,
             blocked: Vec::new(),
             flows: HashMap::new(),
@@ -204,6 +215,14 @@ impl Stack {
         let f = self.to_guest.pop_front()?;
         self.to_guest_bytes -= f.0.len();
         Some(f)
+    }
+
+    /// Give back a buffer a frame from [`Stack::pop_frame_offload`] was taken into. Big
+    /// TCP frames are all built in buffers of one size ([`FRAME_BUF`]), reused through here:
+    /// allocations of many sizes near 64 KiB, made and freed at the frame rate, leave
+    /// malloc's heap fragmented and several times larger than what is alive.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        give_back(&mut self.spare, buf);
     }
 
     /// Whether TCP flows wait for the queue toward the guest to drain.
@@ -246,6 +265,14 @@ impl Stack {
 
 /// Queue a frame for the guest unless the queue is full (then it is dropped, as a full
 /// link would).
+/// Keep a [`FRAME_BUF`] buffer for the next big frame (see [`Stack::recycle`]).
+fn give_back(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
+    if buf.capacity() >= FRAME_BUF && spare.len() < SPARE_BUFS {
+        buf.clear();
+        spare.push(buf);
+    }
+}
+
 fn push_frame(
     q: &mut VecDeque<(Vec<u8>, Option<VirtioNetHdr>)>,
     bytes: &mut usize,
@@ -899,6 +926,11 @@ impl Stack {
                 }
                 let room = RCV_BUF - f.to_host.len();
                 let more = (data.len() - take).min(room);
+                if more > 0 && f.to_host.capacity() == 0 {
+                    // Its whole size at once: growing by doubling would hold the old and
+                    // the new buffer at the same time.
+                    f.to_host.reserve_exact(RCV_BUF);
+                }
                 f.to_host.extend_from_slice(&data[take..take + more]);
                 let take = take + more;
                 f.rcv_nxt = f.rcv_nxt.wrapping_add(take as u32);
@@ -1167,6 +1199,7 @@ impl Stack {
             ip_id,
             offload,
             blocked,
+            spare,
             ..
         } = self;
         let Some(f) = tcp.get_mut(&id) else {
@@ -1207,11 +1240,16 @@ impl Stack {
             }
             // Headers go in front later; the payload is read straight into the rest, which
             // is never zeroed first (a 64 KiB frame may carry 8 bytes).
-            let mut frame = Vec::with_capacity(TCP_FRAME_HLEN + n);
+            let mut frame = if n > SMALL_PAYLOAD {
+                spare.pop().unwrap_or_else(|| Vec::with_capacity(FRAME_BUF))
+            } else {
+                Vec::with_capacity(TCP_FRAME_HLEN + n)
+            };
             frame.resize(TCP_FRAME_HLEN, 0);
             let got = match io.tcp_peek(id, in_flight, &mut frame, n) {
                 Ok(0) => {
                     f.host_eof = true;
+                    give_back(spare, frame);
                     break;
                 }
                 // Less than asked for: the socket is drained (bytes arriving later raise
@@ -1224,18 +1262,22 @@ impl Stack {
                 Ok(got) => got.min(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     f.host_data = false;
+                    give_back(spare, frame);
                     break;
                 }
                 Err(_) => {
                     broken = true;
+                    give_back(spare, frame);
                     break;
                 }
             };
             frame.truncate(TCP_FRAME_HLEN + got);
-            // A short read in a 64 KiB buffer: give the rest back, so that frames waiting
-            // for the guest cost what they carry.
-            if frame.capacity() - frame.len() > 4096 {
-                frame.shrink_to_fit();
+            // A short read in a big buffer: moved to one of its size, so that frames
+            // waiting for the guest cost what they carry.
+            if got <= SMALL_PAYLOAD && frame.capacity() >= FRAME_BUF {
+                let big = std::mem::replace(&mut frame, Vec::with_capacity(TCP_FRAME_HLEN + got));
+                frame.extend_from_slice(&big);
+                give_back(spare, big);
             }
             *ip_id = ip_id.wrapping_add(1);
             let ip = Ipv4 {

@@ -25,7 +25,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 /// Bytes from the guest buffered for a slow host socket.
-pub const RCV_BUF: usize = 256 * 1024;
+pub const RCV_BUF: usize = 128 * 1024;
 /// The window scale we offer (RFC 7323): windows up to 1 MiB, so that [`RCV_BUF`] can be
 /// advertised whole.
 pub const OUR_WSCALE: u8 = 4;
