@@ -395,7 +395,7 @@ impl Tcp {
 
 /// A whole Ethernet + IPv4 + TCP frame.
 pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
-    let mut f = tcp_headers(eth, ip, tcp, payload.len());
+    let mut f = tcp_headers(eth, ip, tcp, payload.len(), payload.len());
     f.extend_from_slice(payload);
     finish_tcp_frame(&mut f, &ip, false);
     f
@@ -416,14 +416,14 @@ pub fn tcp_frame_in_place(f: &mut Vec<u8>, eth: Eth, ip: Ipv4, tcp: &Tcp, partia
         wscale: None,
         ..*tcp
     };
-    let h = tcp_headers(eth, ip, &plain, f.len() - TCP_FRAME_HLEN);
+    let h = tcp_headers(eth, ip, &plain, f.len() - TCP_FRAME_HLEN, 0);
     f[..TCP_FRAME_HLEN].copy_from_slice(&h);
     finish_tcp_frame(f, &ip, partial);
 }
 
 /// Ethernet, IPv4 and TCP headers (options included) for `payload_len` bytes of payload,
-/// the TCP checksum field zero.
-fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize) -> Vec<u8> {
+/// the TCP checksum field zero; `room` more bytes are reserved behind them.
+fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize, room: usize) -> Vec<u8> {
     let mut opts = Vec::new();
     if let Some(m) = tcp.mss {
         opts.extend_from_slice(&[2, 4]);
@@ -433,7 +433,7 @@ fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize) -> Vec<u8> {
         opts.extend_from_slice(&[1, 3, 3, w]);
     }
     let hlen = 20 + opts.len();
-    let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + payload_len);
+    let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + room);
     eth.write(&mut f);
     ip.write(hlen + payload_len, &mut f);
     f.extend_from_slice(&tcp.src_port.to_be_bytes());
