@@ -4,6 +4,7 @@
 mod cli;
 mod daemon;
 mod drivers;
+mod log;
 mod state;
 mod user;
 
@@ -19,22 +20,8 @@ fn main() -> ExitCode {
     netdevd_sys::record_inherited_fds();
     netdevd_sys::ignore_sigpipe();
     netdevd_sys::raise_nofile_limit();
-    // `NETDEVD_LOG`: a level (`debug`) or per-target levels (`netdevd_usernet=debug,warn`);
-    // tracing's `Targets` syntax, which needs no regular expressions (a smaller daemon).
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter: tracing_subscriber::filter::Targets = std::env::var("NETDEVD_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| "info".parse().expect("a valid default"));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(filter)
-        .init();
+    // `NETDEVD_LOG`: a level (`debug`) or per-target levels (`netdevd_usernet=debug,warn`).
+    log::init();
     let cmd = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
