@@ -1004,7 +1004,9 @@ impl Stack {
             snd_una: isn.wrapping_add(1),
             snd_nxt: isn.wrapping_add(1),
             host_eof: false,
-            host_data: true,
+            // A socket connected just now holds nothing: its first bytes raise an edge (an
+            // edge-triggered registration also reports what is there when it is added).
+            host_data: false,
             host_hup: false,
             fin_seq: None,
             fin_acked: false,
