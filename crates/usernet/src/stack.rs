@@ -1251,27 +1251,28 @@ impl Stack {
             let got = match io.tcp_peek(id, in_flight, &mut frame, n) {
                 Ok(0) => {
                     f.host_eof = true;
-                    give_back(spare, frame);
-                    break;
+                    None
                 }
                 // Less than asked for: the socket is drained (bytes arriving later raise
                 // a new readable edge), so no second peek just to hear "nothing" — unless
                 // the end of the stream came, which only a peek that returns 0 shows.
                 Ok(got) if got < n && !f.host_hup => {
                     f.host_data = false;
-                    got
+                    Some(got)
                 }
-                Ok(got) => got.min(n),
+                Ok(got) => Some(got.min(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     f.host_data = false;
-                    give_back(spare, frame);
-                    break;
+                    None
                 }
                 Err(_) => {
                     broken = true;
-                    give_back(spare, frame);
-                    break;
+                    None
                 }
+            };
+            let Some(got) = got else {
+                give_back(spare, frame);
+                break;
             };
             frame.truncate(TCP_FRAME_HLEN + got);
             // A short read in a big buffer: moved to one of its size, so that frames
