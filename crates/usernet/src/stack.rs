@@ -1778,6 +1778,20 @@ mod tests {
         assert_eq!(s.stats.refused, 10);
     }
 
+    /// The guest's SYN from 10.0.2.15:40000 to 10.0.2.2:80 (ISN 1000, MSS 1460, scale 7).
+    fn guest_syn() -> Tcp {
+        Tcp {
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1000,
+            flags: Tcp::SYN,
+            window: 64240,
+            mss: Some(1460),
+            wscale: Some(7),
+            ..Tcp::default()
+        }
+    }
+
     fn guest_tcp(t: Tcp, data: &[u8]) -> Vec<u8> {
         let ip = Ipv4 {
             src: Ipv4Addr::new(10, 0, 2, 15),
@@ -1822,17 +1836,7 @@ mod tests {
         s.set_offload(true);
         let mut h = FakeHost::default();
         let now = Instant::now();
-        let syn = Tcp {
-            src_port: 40000,
-            dst_port: 80,
-            seq: 1000,
-            flags: Tcp::SYN,
-            window: 64240,
-            mss: Some(1460),
-            wscale: Some(7),
-            ..Tcp::default()
-        };
-        s.from_guest(&guest_tcp(syn, b""), now, &mut h);
+        s.from_guest(&guest_tcp(guest_syn(), b""), now, &mut h);
         let id = *h.open.keys().next().unwrap();
         s.tcp_connected(id, true, now, &mut h);
         let (sa, _) = to_guest_tcp(&mut s)[0].clone();
@@ -1923,17 +1927,7 @@ mod tests {
         let mut s = stack();
         let mut h = FakeHost::default();
         let now = Instant::now();
-        let syn = Tcp {
-            src_port: 40000,
-            dst_port: 80,
-            seq: 1000,
-            flags: Tcp::SYN,
-            window: 64240,
-            mss: Some(1460),
-            wscale: Some(7),
-            ..Tcp::default()
-        };
-        s.from_guest(&guest_tcp(syn, b""), now, &mut h);
+        s.from_guest(&guest_tcp(guest_syn(), b""), now, &mut h);
         let (&id, &target) = h.open.iter().next().unwrap();
         assert_eq!(target, "127.0.0.1:80".parse().unwrap());
         assert!(
