@@ -1,5 +1,6 @@
-//! The DHCP server (RFC 2131, options RFC 2132, domain search RFC 3397), as libslirp's
-//! `bootp.c` behaves: 16 addresses from `dhcp_start`, leased by client MAC; the server
+//! The DHCP server (RFC 2131, options RFC 2132, domain search RFC 3397), addressed as
+//! libslirp's `bootp.c`: 16 addresses from `dhcp_start`, leased by client MAC (a MAC keeps
+//! its address), but no guest can starve it (see [`DhcpServer`]); the server
 //! identifier and router are the gateway address; DNS is the DNS address; `restrict` leaves
 //! router and DNS out.
 //!
@@ -22,16 +23,42 @@ use crate::config::Config;
 /// Addresses in the pool, as libslirp's NB_BOOTP_CLIENTS.
 pub const POOL: usize = 16;
 
+/// How long an offer is remembered. An offer binds nothing: it only says which slot a
+/// REQUEST from that client may take, and lapses after this.
+pub const OFFER_SECS: u64 = 10;
+
+/// A bound lease.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     mac: [u8; 6],
     until: Instant,
+    /// When the client was last heard from (its REQUEST, or any frame, see
+    /// [`DhcpServer::seen`]).
+    last_seen: Instant,
+    /// The client sent something after its ACK: a guest that uses its address, not a MAC
+    /// that asked once and went away.
+    confirmed: bool,
 }
 
-/// The server's leases.
+/// An address offered to a client that has not asked for it yet.
+#[derive(Debug, Clone, Copy)]
+struct Offer {
+    mac: [u8; 6],
+    until: Instant,
+}
+
+/// The server's leases, slot `i` for address `dhcp_start + i`.
+///
+/// Starvation: an OFFER reserves nothing, so a guest sending DISCOVERs from random MACs
+/// takes no address. When the pool is full, a new client is offered the slot worth least:
+/// an expired lease, then a lease never confirmed by traffic (oldest first), then the
+/// confirmed lease whose client has been silent longest. The old lease goes only when the
+/// new client REQUESTs the offered address, so a guest that uses its address keeps it
+/// through any flood of DISCOVERs and REQUESTs from MACs that send nothing else.
 #[derive(Debug, Default)]
 pub struct DhcpServer {
     leases: [Option<Lease>; POOL],
+    offers: [Option<Offer>; POOL],
 }
 
 /// What the server reads from a request.
@@ -116,29 +143,64 @@ impl DhcpServer {
 
     /// The address leased to `mac`, if any.
     pub fn lease_of(&self, cfg: &Config, mac: [u8; 6]) -> Option<Ipv4Addr> {
+        self.slot_of(mac).map(|i| Self::addr(cfg, i))
+    }
+
+    fn slot_of(&self, mac: [u8; 6]) -> Option<usize> {
         self.leases
             .iter()
             .position(|l| l.is_some_and(|l| l.mac == mac))
-            .map(|i| Self::addr(cfg, i))
     }
 
-    fn free_slot(&self, now: Instant) -> Option<usize> {
+    /// Bound leases that have not expired.
+    pub fn bound(&self, now: Instant) -> usize {
         self.leases
             .iter()
-            .position(|l| l.is_none_or(|l| l.until <= now))
+            .filter(|l| l.is_some_and(|l| l.until > now))
+            .count()
+    }
+
+    /// A frame from `mac` reached the stack: its lease, if it has one, is in use.
+    pub fn seen(&mut self, mac: [u8; 6], now: Instant) {
+        if let Some(l) = self.leases.iter_mut().flatten().find(|l| l.mac == mac) {
+            l.last_seen = now;
+            l.confirmed = true;
+        }
+    }
+
+    /// The slot to offer a client that has none: a free one if any, else the one worth
+    /// least (see [`DhcpServer`]). Slots with a live offer to another client come last
+    /// among equals.
+    fn pick_slot(&self, now: Instant) -> usize {
+        let worth = |i: usize| {
+            let offered = self.offers[i].is_some_and(|o| o.until > now);
+            match self.leases[i] {
+                None => (0, offered, now),
+                Some(l) if l.until <= now => (0, offered, l.until),
+                Some(l) if !l.confirmed => (1, offered, l.last_seen),
+                Some(l) => (2, offered, l.last_seen),
+            }
+        };
+        (0..POOL).min_by_key(|&i| worth(i)).unwrap_or(0)
     }
 
     fn take(&mut self, cfg: &Config, i: usize, mac: [u8; 6], now: Instant) -> Ipv4Addr {
-        for l in self.leases.iter_mut() {
-            if l.is_some_and(|l| l.mac == mac) {
-                *l = None;
-            }
-        }
+        self.release(mac);
         self.leases[i] = Some(Lease {
             mac,
             until: now + Duration::from_secs(cfg.lease_secs as u64),
+            last_seen: now,
+            confirmed: false,
         });
+        self.offers[i] = None;
         Self::addr(cfg, i)
+    }
+
+    /// Whether `mac` may take slot `i` now: it is free, expired, already `mac`'s, or was
+    /// offered to `mac` (the lease there is the one the offer chose to recycle).
+    fn may_take(&self, i: usize, mac: [u8; 6], now: Instant) -> bool {
+        self.leases[i].is_none_or(|l| l.mac == mac || l.until <= now)
+            || self.offers[i].is_some_and(|o| o.mac == mac && o.until > now)
     }
 
     fn release(&mut self, mac: [u8; 6]) {
@@ -158,12 +220,17 @@ impl DhcpServer {
             .or(Some(req.ciaddr).filter(|a| !a.is_unspecified()));
         let (kind, yiaddr) = match MessageType::from(req.kind) {
             MessageType::Discover => {
-                let slot = match self.lease_of(cfg, mac).and_then(|a| Self::index(cfg, a)) {
-                    Some(i) => i,
-                    None => self.free_slot(now)?,
-                };
-                // An offer reserves the address for this client.
-                (MessageType::Offer, self.take(cfg, slot, mac, now))
+                let slot = self.slot_of(mac).unwrap_or_else(|| self.pick_slot(now));
+                for o in self.offers.iter_mut() {
+                    if o.is_some_and(|o| o.mac == mac || o.until <= now) {
+                        *o = None;
+                    }
+                }
+                self.offers[slot] = Some(Offer {
+                    mac,
+                    until: now + Duration::from_secs(OFFER_SECS),
+                });
+                (MessageType::Offer, Self::addr(cfg, slot))
             }
             MessageType::Request => {
                 let current = self.lease_of(cfg, mac);
@@ -171,7 +238,7 @@ impl DhcpServer {
                 let ok = match (wanted, current) {
                     (Some(w), Some(c)) if w == c => Some(Self::index(cfg, c)),
                     (Some(w), _) => Self::index(cfg, w)
-                        .filter(|&i| self.leases[i].is_none_or(|l| l.mac == mac || l.until <= now))
+                        .filter(|&i| self.may_take(i, mac, now))
                         .map(Some),
                     (None, _) => None,
                 };
@@ -388,27 +455,151 @@ mod tests {
         assert!(m.opts().get(OptionCode::DomainNameServer).is_none());
     }
 
+    fn lease(s: &mut DhcpServer, cfg: &Config, mac: [u8; 6], now: Instant) -> Message {
+        let offer = parse(
+            &s.handle(cfg, &request(MessageType::Discover, mac, None), now)
+                .unwrap(),
+        );
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        parse(
+            &s.handle(
+                cfg,
+                &request(MessageType::Request, mac, Some(offer.yiaddr())),
+                now,
+            )
+            .unwrap(),
+        )
+    }
+
     #[test]
-    fn pool_exhaustion_and_garbage() {
+    fn offers_bind_nothing_and_lapse() {
         let cfg = Config::default();
         let mut s = DhcpServer::default();
         let now = Instant::now();
-        for i in 0..POOL as u8 {
-            assert!(s
-                .handle(
-                    &cfg,
-                    &request(MessageType::Discover, [2, 0, 0, 0, 1, i], None),
-                    now
-                )
-                .is_some());
+        // A thousand DISCOVERs from as many MACs bind no address.
+        for i in 0..1000u32 {
+            let mac = [2, 1, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let m = parse(
+                &s.handle(&cfg, &request(MessageType::Discover, mac, None), now)
+                    .unwrap(),
+            );
+            assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
         }
-        assert!(s
-            .handle(
+        assert_eq!(s.bound(now), 0);
+        // Once the offers lapse, the next client is offered the first address.
+        let later = now + Duration::from_secs(OFFER_SECS + 1);
+        let ack = lease(&mut s, &cfg, MAC, later);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), cfg.dhcp_start);
+        // A MAC keeps its address: asked again, it is offered the same one.
+        let again = lease(&mut s, &cfg, MAC, later);
+        assert_eq!(again.yiaddr(), cfg.dhcp_start);
+        assert_eq!(s.bound(later), 1);
+    }
+
+    #[test]
+    fn no_flood_of_random_macs_starves_the_pool() {
+        let cfg = Config::default();
+        let mut s = DhcpServer::default();
+        let t0 = Instant::now();
+        // Three guests hold leases and use them.
+        let guests: Vec<[u8; 6]> = (0..3).map(|i| [0x52, 0x54, 0, 0, 0, i]).collect();
+        let mut theirs = Vec::new();
+        for &g in &guests {
+            let ack = lease(&mut s, &cfg, g, t0);
+            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+            s.seen(g, t0);
+            theirs.push(ack.yiaddr());
+        }
+        // 10 000 DISCOVER + REQUEST pairs from random MACs, a millisecond apart; the guests
+        // keep sending traffic now and then.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut t = t0;
+        for n in 0..10_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_be_bytes();
+            let mac = [b[0] & 0xfe | 2, b[1], b[2], b[3], b[4], b[5]];
+            t += Duration::from_millis(1);
+            let ack = lease(&mut s, &cfg, mac, t);
+            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+            if n % 1000 == 0 {
+                for &g in &guests {
+                    s.seen(g, t);
+                }
+            }
+        }
+        assert_eq!(s.bound(t), POOL);
+        // The guests keep their addresses ...
+        for (g, a) in guests.iter().zip(&theirs) {
+            assert_eq!(s.lease_of(&cfg, *g), Some(*a));
+            let renew = parse(
+                &s.handle(&cfg, &request(MessageType::Request, *g, Some(*a)), t)
+                    .unwrap(),
+            );
+            assert_eq!(renew.opts().msg_type(), Some(MessageType::Ack));
+            assert_eq!(renew.yiaddr(), *a);
+        }
+        // ... and a new client still gets a lease, none of theirs.
+        let newcomer = [0x52, 0x54, 0, 0, 1, 1];
+        let ack = lease(&mut s, &cfg, newcomer, t);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert!(DhcpServer::index(&cfg, ack.yiaddr()).is_some());
+        assert!(!theirs.contains(&ack.yiaddr()));
+    }
+
+    #[test]
+    fn a_full_pool_of_used_leases_recycles_the_silent_longest() {
+        let cfg = Config::default();
+        let mut s = DhcpServer::default();
+        let t0 = Instant::now();
+        for i in 0..POOL as u8 {
+            let mac = [2, 0, 0, 0, 1, i];
+            lease(&mut s, &cfg, mac, t0);
+            s.seen(mac, t0 + Duration::from_secs(u64::from(i) + 1));
+        }
+        // [2,0,0,0,1,0] was heard from longest ago; an offer alone takes nothing from it.
+        let t = t0 + Duration::from_secs(100);
+        let newcomer = [2, 0, 0, 0, 2, 0];
+        let offer = parse(
+            &s.handle(&cfg, &request(MessageType::Discover, newcomer, None), t)
+                .unwrap(),
+        );
+        assert_eq!(offer.yiaddr(), cfg.dhcp_start);
+        assert_eq!(s.lease_of(&cfg, [2, 0, 0, 0, 1, 0]), Some(cfg.dhcp_start));
+        // Another client may not take that address without the offer.
+        let nak = parse(
+            &s.handle(
                 &cfg,
-                &request(MessageType::Discover, [2, 0, 0, 0, 2, 0], None),
-                now
+                &request(
+                    MessageType::Request,
+                    [2, 0, 0, 0, 3, 0],
+                    Some(cfg.dhcp_start),
+                ),
+                t,
             )
-            .is_none());
+            .unwrap(),
+        );
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+        let ack = parse(
+            &s.handle(
+                &cfg,
+                &request(MessageType::Request, newcomer, Some(cfg.dhcp_start)),
+                t,
+            )
+            .unwrap(),
+        );
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(s.lease_of(&cfg, [2, 0, 0, 0, 1, 0]), None);
+        assert_eq!(s.bound(t), POOL);
+    }
+
+    #[test]
+    fn garbage() {
+        let cfg = Config::default();
+        let mut s = DhcpServer::default();
+        let now = Instant::now();
         assert!(s.handle(&cfg, &[0u8; 10], now).is_none());
         let mut bad = request(MessageType::Discover, [2, 0, 0, 0, 3, 0], None);
         bad[2] = 200; // hlen beyond chaddr

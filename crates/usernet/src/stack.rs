@@ -151,6 +151,8 @@ pub struct Stack {
     cfg: Config,
     dhcp: DhcpServer,
     guest_mac: Option<[u8; 6]>,
+    /// The last MAC reported to [`DhcpServer::seen`], and when.
+    dhcp_seen: Option<([u8; 6], Instant)>,
     to_guest: VecDeque<(Vec<u8>, Option<VirtioNetHdr>)>,
     to_guest_bytes: usize,
     /// Frame buffers of [`FRAME_BUF`] bytes given back (see [`Stack::recycle`]).
@@ -178,6 +180,7 @@ impl Stack {
             cfg,
             dhcp: DhcpServer::default(),
             guest_mac: None,
+            dhcp_seen: None,
             to_guest: VecDeque::new(),
             to_guest_bytes: 0,
             spare: Vec::new(),
@@ -342,6 +345,14 @@ impl Stack {
         };
         if eth.src[0] & 1 == 0 {
             self.guest_mac = Some(eth.src);
+            // Tell the DHCP server its client is alive, at most once a second per MAC.
+            if self
+                .dhcp_seen
+                .is_none_or(|(m, t)| m != eth.src || now >= t + Duration::from_secs(1))
+            {
+                self.dhcp_seen = Some((eth.src, now));
+                self.dhcp.seen(eth.src, now);
+            }
         }
         if !self.cfg.ipv4 {
             return self.drop_frame();
