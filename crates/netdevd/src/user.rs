@@ -250,16 +250,10 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
     if !ipv4 && !ipv6 {
         return Err(err("IPv4 and IPv6 disabled"));
     }
-    if let Some(p) = o.ipv6_prefixlen {
-        if !(0..=126).contains(&p) {
-            return Err(err(
-                "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)",
-            ));
-        }
-    }
     let mut c = Config {
         restrict: o.restrict == Some(true),
         ipv4,
+        ipv6,
         ..Config::default()
     };
     let netspec = o
@@ -301,6 +295,45 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
     if c.dhcp_start == c.host || c.dhcp_start == c.dns {
         return Err(err("DHCP must be different from host and DNS"));
     }
+    // IPv6, after the IPv4 checks as in QEMU: the prefix as given (not masked), length 0
+    // meaning 64, host and DNS defaulting to the prefix with its last byte ORed with 2 and 3.
+    if let Some(p) = &o.ipv6_prefix {
+        c.ipv6_prefix = p.parse().map_err(|_| err("Failed to parse IPv6 prefix"))?;
+    }
+    match o.ipv6_prefixlen {
+        None | Some(0) => c.ipv6_prefixlen = 64,
+        Some(p @ 1..=126) => c.ipv6_prefixlen = p as u8,
+        Some(_) => {
+            return Err(err(
+                "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)",
+            ))
+        }
+    }
+    let prefix_or = |x: u8| {
+        let mut b = c.ipv6_prefix.octets();
+        b[15] |= x;
+        std::net::Ipv6Addr::from(b)
+    };
+    c.ipv6_host = match &o.ipv6_host {
+        Some(h) => {
+            let a = h.parse().map_err(|_| err("Failed to parse IPv6 host"))?;
+            if !c.in_prefix6(a) {
+                return Err(err("IPv6 Host doesn't belong to network"));
+            }
+            a
+        }
+        None => prefix_or(2),
+    };
+    c.ipv6_dns = match &o.ipv6_dns {
+        Some(d) => {
+            let a = d.parse().map_err(|_| err("Failed to parse IPv6 DNS"))?;
+            if c.restrict && !c.in_prefix6(a) {
+                return Err(err("IPv6 DNS doesn't belong to network"));
+            }
+            a
+        }
+        None => prefix_or(3),
+    };
     if o.hostname.as_ref().is_some_and(|h| h.len() > 255) {
         return Err(err("'vhostname' parameter cannot exceed 255 bytes"));
     }
@@ -437,6 +470,34 @@ mod tests {
                 "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)",
             ),
             (
+                serde_json::json!({"ipv6-prefix": "garbage"}),
+                "Failed to parse IPv6 prefix",
+            ),
+            (
+                serde_json::json!({"ipv6-prefix": "garbage", "dhcpstart": "10.0.2.2"}),
+                "DHCP must be different from host and DNS",
+            ),
+            (
+                serde_json::json!({"ipv6-host": "fec0::1::"}),
+                "Failed to parse IPv6 host",
+            ),
+            (
+                serde_json::json!({"ipv6-host": "fec0:0:0:1::2"}),
+                "IPv6 Host doesn't belong to network",
+            ),
+            (
+                serde_json::json!({"ipv6-dns": "x"}),
+                "Failed to parse IPv6 DNS",
+            ),
+            (
+                serde_json::json!({"ipv6-dns": "2001:db8::3", "restrict": true}),
+                "IPv6 DNS doesn't belong to network",
+            ),
+            (
+                serde_json::json!({"ipv6": false, "ipv6-host": "fec0::2"}),
+                "IPv6 disabled but prefix/host6/dns6 provided",
+            ),
+            (
                 serde_json::json!({"domainname": ""}),
                 "'domainname' parameter cannot be empty",
             ),
@@ -451,6 +512,36 @@ mod tests {
             cfg(serde_json::json!({"dns": "10.9.9.9"})).is_ok(),
             "dns outside the network is fine unrestricted"
         );
+    }
+
+    #[test]
+    fn ipv6_addressing() {
+        let ip6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let c = config(&opts(serde_json::json!({})), Path::new("/nonexistent")).unwrap();
+        assert!(c.ipv6);
+        assert_eq!((c.ipv6_prefix, c.ipv6_prefixlen), (ip6("fec0::"), 64));
+        assert_eq!((c.ipv6_host, c.ipv6_dns), (ip6("fec0::2"), ip6("fec0::3")));
+        // Length 0 means 64; host and DNS default to the prefix as given, last byte ORed.
+        let c = config(
+            &opts(serde_json::json!({"ipv6-prefix": "fd00:1::10", "ipv6-prefixlen": 0})),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(c.ipv6_prefixlen, 64);
+        assert_eq!(
+            (c.ipv6_host, c.ipv6_dns),
+            (ip6("fd00:1::12"), ip6("fd00:1::13"))
+        );
+        // A DNS outside the prefix is fine unrestricted; the prefix length alone does not
+        // count as an IPv6 option given with IPv6 off.
+        assert!(cfg(serde_json::json!({"ipv6-dns": "2001:db8::3"})).is_ok());
+        let c = config(
+            &opts(serde_json::json!({"ipv6": false, "ipv6-prefixlen": 80})),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert!(!c.ipv6 && c.ipv4);
+        assert!(c.in_prefix6(ip6("fec0::ffff")) && !c.in_prefix6(ip6("fec0:0:0:1::")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The stack's configuration: plain values, no QAPI. netdevd's `user` driver maps
 //! `NetdevUserOptions` onto it with QEMU's checks.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A host port forwarded into the guest (`hostfwd`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,16 @@ pub struct Config {
     pub restrict: bool,
     /// Serve IPv4 at all (`ipv4=off` turns it off).
     pub ipv4: bool,
+    /// Serve IPv6 at all (`ipv6=off` turns it off).
+    pub ipv6: bool,
+    /// The guest's IPv6 prefix (QEMU's `ipv6-prefix`, as given: not masked).
+    pub ipv6_prefix: Ipv6Addr,
+    /// Its length, 1..=126 (QEMU's `ipv6-prefixlen`, 0 meaning 64).
+    pub ipv6_prefixlen: u8,
+    /// The gateway's IPv6 address; like `host`, it stands for the host's loopback.
+    pub ipv6_host: Ipv6Addr,
+    /// The IPv6 DNS address.
+    pub ipv6_dns: Ipv6Addr,
     /// Resolvers DNS queries to `dns` go to.
     pub dns_upstream: Vec<SocketAddr>,
     /// DHCP lease time, seconds.
@@ -87,6 +97,11 @@ impl Default for Config {
             tftp_server_name: None,
             restrict: false,
             ipv4: true,
+            ipv6: true,
+            ipv6_prefix: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
+            ipv6_prefixlen: 64,
+            ipv6_host: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2),
+            ipv6_dns: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 3),
             dns_upstream: Vec::new(),
             lease_secs: 86400,
             mtu: 1500,
@@ -95,6 +110,13 @@ impl Default for Config {
             tftp_root: None,
         }
     }
+}
+
+/// Whether `a` and `b` agree in their first `len` bits (`len` up to 128).
+pub fn same_prefix6(a: Ipv6Addr, b: Ipv6Addr, len: u8) -> bool {
+    let len = u32::from(len.min(128));
+    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+    (u128::from(a) ^ u128::from(b)) & mask == 0
 }
 
 impl Config {
@@ -108,6 +130,12 @@ impl Config {
 
     pub fn contains(&self, a: Ipv4Addr) -> bool {
         u32::from(a) & u32::from(self.netmask()) == u32::from(self.net)
+    }
+
+    /// Whether `a` shares the IPv6 prefix's first `ipv6_prefixlen` bits (libslirp's
+    /// `in6_equal_net`).
+    pub fn in_prefix6(&self, a: Ipv6Addr) -> bool {
+        same_prefix6(self.ipv6_prefix, a, self.ipv6_prefixlen)
     }
 
     /// The resolvers named in a resolv.conf text (`nameserver` lines, IPv4 and IPv6).
