@@ -1,0 +1,37 @@
+//! ARP: requests for the stack's addresses (gateway, DNS, guestfwd servers) answered with
+//! the gateway MAC; `who_has` asks the guest for its MAC when a frame must go to it before
+//! the stack has seen it.
+
+use super::*;
+
+impl Stack {
+    pub(super) fn arp(&mut self, p: &[u8]) {
+        let Some(a) = Arp::parse(p) else {
+            return self.drop_frame();
+        };
+        if a.op != Arp::REQUEST || !self.is_ours(a.tpa) {
+            return;
+        }
+        let reply = Arp {
+            op: Arp::REPLY,
+            sha: GATEWAY_MAC,
+            spa: a.tpa,
+            tha: a.sha,
+            tpa: a.spa,
+        };
+        self.push(reply.frame(a.sha));
+    }
+
+    /// The guest has not sent anything yet, so its MAC is unknown: ask for it (ARP). The
+    /// frame that needed it is lost; TCP's retransmission sends it again.
+    pub(super) fn who_has(&mut self, ip: Ipv4Addr) {
+        let req = Arp {
+            op: Arp::REQUEST,
+            sha: GATEWAY_MAC,
+            spa: self.cfg.host,
+            tha: [0; 6],
+            tpa: ip,
+        };
+        self.push(req.frame([0xff; 6]));
+    }
+}

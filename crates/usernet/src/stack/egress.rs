@@ -1,0 +1,77 @@
+//! Frames toward the guest: the bounded queue, the buffer pool big frames are built in, and
+//! the IPv4 identification counter.
+
+use super::*;
+
+impl Stack {
+    /// Whether frames wait for the guest.
+    pub fn has_frames(&self) -> bool {
+        !self.to_guest.is_empty()
+    }
+
+    /// The next frame for the guest (without offloads, see [`Stack::set_offload`]).
+    pub fn pop_frame(&mut self) -> Option<Vec<u8>> {
+        self.pop_frame_offload().map(|(f, _)| f)
+    }
+
+    /// The next frame for the guest and its offload metadata, if it has any.
+    pub fn pop_frame_offload(&mut self) -> Option<(Vec<u8>, Option<VirtioNetHdr>)> {
+        let f = self.to_guest.pop_front()?;
+        self.to_guest_bytes -= f.0.len();
+        Some(f)
+    }
+
+    /// Give back a buffer a frame from [`Stack::pop_frame_offload`] was taken into. Big
+    /// TCP frames are all built in buffers of one size ([`FRAME_BUF`]), reused through here:
+    /// allocations of many sizes near 64 KiB, made and freed at the frame rate, leave
+    /// malloc's heap fragmented and several times larger than what is alive.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        give_back(&mut self.spare, buf);
+    }
+
+    /// Let TCP data toward the guest go as large segmentation-offloaded frames (virtio-net
+    /// `GSO_TCPV4` with `gso_size` the guest's MSS, checksum left partial: `NEEDS_CSUM`),
+    /// for a driver whose core finishes them for receivers that cannot take them.
+    pub fn set_offload(&mut self, on: bool) {
+        self.offload = on;
+    }
+
+    pub(super) fn push(&mut self, f: Vec<u8>) {
+        push_frame(
+            &mut self.to_guest,
+            &mut self.to_guest_bytes,
+            &mut self.stats,
+            f,
+            None,
+        );
+    }
+
+    pub(super) fn next_ip_id(&mut self) -> u16 {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        self.ip_id
+    }
+}
+
+/// Keep a [`FRAME_BUF`] buffer for the next big frame (see [`Stack::recycle`]).
+pub(super) fn give_back(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
+    if buf.capacity() >= FRAME_BUF && spare.len() < SPARE_BUFS {
+        buf.clear();
+        spare.push(buf);
+    }
+}
+
+/// Queue a frame for the guest unless the queue is full (then it is dropped, as a full
+/// link would).
+pub(super) fn push_frame(
+    q: &mut VecDeque<(Vec<u8>, Option<VirtioNetHdr>)>,
+    bytes: &mut usize,
+    stats: &mut Stats,
+    f: Vec<u8>,
+    hdr: Option<VirtioNetHdr>,
+) {
+    if q.len() < TO_GUEST_CAP && *bytes + f.len() <= TO_GUEST_BYTES {
+        stats.to_guest += 1;
+        *bytes += f.len();
+        q.push_back((f, hdr));
+    }
+}

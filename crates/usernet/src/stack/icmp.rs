@@ -1,0 +1,113 @@
+//! ICMP echo: answered by the stack for its own addresses; to other hosts through an
+//! unprivileged ICMP socket per (guest, identifier, destination), a flow of the UDP table
+//! ([`super::udp`]), with the guest's identifier put back into the replies.
+
+use super::*;
+
+impl Stack {
+    pub(super) fn icmp(&mut self, eth: Eth, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
+        if p.len() < 8 || p[0] != 8 || p[1] != 0 {
+            return self.drop_frame();
+        }
+        if !self.is_ours(ip.dst) {
+            return self.icmp_out(ip, p, now, io);
+        }
+        // Echo requests to the stack's own addresses are answered here.
+        let mut reply = p.to_vec();
+        reply[0] = 0;
+        let id = self.next_ip_id();
+        let out_ip = Ipv4 {
+            src: ip.dst,
+            dst: ip.src,
+            proto: PROTO_ICMP,
+            ttl: 64,
+            id,
+        };
+        let f = icmp_frame(
+            Eth {
+                dst: eth.src,
+                src: GATEWAY_MAC,
+                ethertype: ETHERTYPE_IPV4,
+            },
+            out_ip,
+            &reply,
+        );
+        self.push(f);
+    }
+
+    /// An echo request to an address outside: through an ICMP socket of its own per
+    /// (guest, identifier, destination).
+    pub(super) fn icmp_out(&mut self, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
+        let echo_id = u16::from_be_bytes([p[4], p[5]]);
+        let guest = SocketAddrV4::new(ip.src, echo_id);
+        let remote = SocketAddrV4::new(ip.dst, 0);
+        let id = match self.by_icmp_key.get(&(guest, remote)) {
+            Some(&id) => id,
+            None => {
+                let dst = ip.dst;
+                if self.cfg.restrict
+                    || self.cfg.contains(dst)
+                    || dst.is_broadcast()
+                    || dst.is_multicast()
+                    || dst.is_unspecified()
+                    || dst.is_loopback()
+                {
+                    return self.drop_frame();
+                }
+                if self.flows.len() >= MAX_UDP_FLOWS {
+                    self.stats.refused += 1;
+                    return;
+                }
+                let id = self.alloc_id();
+                if let Err(e) = io.icmp_open(id, dst) {
+                    tracing::debug!("ping {dst}: no ICMP socket: {e}");
+                    self.stats.refused += 1;
+                    return;
+                }
+                self.add_flow(
+                    id,
+                    UdpFlow {
+                        guest,
+                        remote,
+                        last: now,
+                        idle: ICMP_IDLE,
+                        icmp: true,
+                    },
+                );
+                id
+            }
+        };
+        if let Some(f) = self.flows.get_mut(&id) {
+            f.last = now;
+        }
+        // The kernel puts the socket's own identifier in and computes the checksum.
+        if io.udp_send(id, p).is_err() {
+            self.stats.dropped += 1;
+        }
+    }
+
+    /// An echo reply on an ICMP flow's socket goes to the guest with the guest's identifier.
+    pub(super) fn icmp_reply(&mut self, flow: UdpFlow, mac: [u8; 6], data: &[u8]) {
+        if data.len() < 8 || data[0] != 0 || data.len() + 28 > self.cfg.mtu as usize {
+            self.stats.dropped += 1;
+            return;
+        }
+        let mut reply = data.to_vec();
+        reply[4..6].copy_from_slice(&flow.guest.port().to_be_bytes());
+        let ipid = self.next_ip_id();
+        let ip = Ipv4 {
+            src: *flow.remote.ip(),
+            dst: *flow.guest.ip(),
+            proto: PROTO_ICMP,
+            ttl: 64,
+            id: ipid,
+        };
+        let eth = Eth {
+            dst: mac,
+            src: GATEWAY_MAC,
+            ethertype: ETHERTYPE_IPV4,
+        };
+        let f = icmp_frame(eth, ip, &reply);
+        self.push(f);
+    }
+}
