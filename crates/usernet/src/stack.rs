@@ -50,7 +50,7 @@ mod tcp;
 mod tests;
 mod udp;
 
-use egress::{give_back, push_frame};
+use egress::{eth_to_guest, give_back, ipv4_to_guest, push_frame};
 use udp::UdpFlow;
 
 /// UDP flows at once.

@@ -46,9 +46,41 @@ impl Stack {
         );
     }
 
-    pub(super) fn next_ip_id(&mut self) -> u16 {
-        self.ip_id = self.ip_id.wrapping_add(1);
-        self.ip_id
+    /// The Ethernet and IPv4 headers of a frame from the stack to the guest at `mac`: from
+    /// the gateway MAC, TTL 64, the next IPv4 identification.
+    pub(super) fn headers_to_guest(
+        &mut self,
+        mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+    ) -> (Eth, Ipv4) {
+        (
+            eth_to_guest(mac),
+            ipv4_to_guest(&mut self.ip_id, src, dst, proto),
+        )
+    }
+}
+
+/// The Ethernet header of an IPv4 frame from the stack to the guest at `mac`.
+pub(super) fn eth_to_guest(mac: [u8; 6]) -> Eth {
+    Eth {
+        dst: mac,
+        src: GATEWAY_MAC,
+        ethertype: ETHERTYPE_IPV4,
+    }
+}
+
+/// An IPv4 header from the stack to the guest (TTL 64), taking the next identification
+/// from `ip_id`.
+pub(super) fn ipv4_to_guest(ip_id: &mut u16, src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Ipv4 {
+    *ip_id = ip_id.wrapping_add(1);
+    Ipv4 {
+        src,
+        dst,
+        proto,
+        ttl: 64,
+        id: *ip_id,
     }
 }
 

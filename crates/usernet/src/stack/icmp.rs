@@ -15,24 +15,8 @@ impl Stack {
         // Echo requests to the stack's own addresses are answered here.
         let mut reply = p.to_vec();
         reply[0] = 0;
-        let id = self.next_ip_id();
-        let out_ip = Ipv4 {
-            src: ip.dst,
-            dst: ip.src,
-            proto: PROTO_ICMP,
-            ttl: 64,
-            id,
-        };
-        let f = icmp_frame(
-            Eth {
-                dst: eth.src,
-                src: GATEWAY_MAC,
-                ethertype: ETHERTYPE_IPV4,
-            },
-            out_ip,
-            &reply,
-        );
-        self.push(f);
+        let (eth, out_ip) = self.headers_to_guest(eth.src, ip.dst, ip.src, PROTO_ICMP);
+        self.push(icmp_frame(eth, out_ip, &reply));
     }
 
     /// An echo request to an address outside: through an ICMP socket of its own per
@@ -94,20 +78,7 @@ impl Stack {
         }
         let mut reply = data.to_vec();
         reply[4..6].copy_from_slice(&flow.guest.port().to_be_bytes());
-        let ipid = self.next_ip_id();
-        let ip = Ipv4 {
-            src: *flow.remote.ip(),
-            dst: *flow.guest.ip(),
-            proto: PROTO_ICMP,
-            ttl: 64,
-            id: ipid,
-        };
-        let eth = Eth {
-            dst: mac,
-            src: GATEWAY_MAC,
-            ethertype: ETHERTYPE_IPV4,
-        };
-        let f = icmp_frame(eth, ip, &reply);
-        self.push(f);
+        let (eth, ip) = self.headers_to_guest(mac, *flow.remote.ip(), *flow.guest.ip(), PROTO_ICMP);
+        self.push(icmp_frame(eth, ip, &reply));
     }
 }

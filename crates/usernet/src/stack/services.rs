@@ -8,20 +8,9 @@ impl Stack {
         let Some(r) = self.dhcp.handle(&self.cfg, data, now) else {
             return;
         };
-        let id = self.next_ip_id();
-        let ip = Ipv4 {
-            src: self.cfg.host,
-            dst: r.dst,
-            proto: PROTO_UDP,
-            ttl: 64,
-            id,
-        };
+        let (eth, ip) = self.headers_to_guest(r.mac, self.cfg.host, r.dst, PROTO_UDP);
         let f = udp_frame(
-            Eth {
-                dst: r.mac,
-                src: GATEWAY_MAC,
-                ethertype: ETHERTYPE_IPV4,
-            },
+            eth,
             ip,
             Udp {
                 src_port: 67,
@@ -36,20 +25,9 @@ impl Stack {
         let Some(mac) = self.guest_mac else {
             return self.who_has(*client.ip());
         };
-        let id = self.next_ip_id();
-        let ip = Ipv4 {
-            src: self.cfg.host,
-            dst: *client.ip(),
-            proto: PROTO_UDP,
-            ttl: 64,
-            id,
-        };
+        let (eth, ip) = self.headers_to_guest(mac, self.cfg.host, *client.ip(), PROTO_UDP);
         let f = udp_frame(
-            Eth {
-                dst: mac,
-                src: GATEWAY_MAC,
-                ethertype: ETHERTYPE_IPV4,
-            },
+            eth,
             ip,
             Udp {
                 src_port: 69,

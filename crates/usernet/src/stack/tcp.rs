@@ -20,25 +20,8 @@ impl Stack {
         let Some(mac) = self.guest_mac else {
             return self.who_has(*guest.ip());
         };
-        let id = self.next_ip_id();
-        let ip = Ipv4 {
-            src: *remote.ip(),
-            dst: *guest.ip(),
-            proto: PROTO_TCP,
-            ttl: 64,
-            id,
-        };
-        let f = tcp_frame(
-            Eth {
-                dst: mac,
-                src: GATEWAY_MAC,
-                ethertype: ETHERTYPE_IPV4,
-            },
-            ip,
-            &t,
-            payload,
-        );
-        self.push(f);
+        let (eth, ip) = self.headers_to_guest(mac, *remote.ip(), *guest.ip(), PROTO_TCP);
+        self.push(tcp_frame(eth, ip, &t, payload));
     }
 
     /// Answer a segment that belongs to no connection with RST (RFC 793 "reset generation").
@@ -458,11 +441,7 @@ impl Stack {
         } else {
             mss
         };
-        let eth = Eth {
-            dst: mac,
-            src: GATEWAY_MAC,
-            ethertype: ETHERTYPE_IPV4,
-        };
+        let eth = eth_to_guest(mac);
         let mut sent = false;
         let mut broken = false;
         while f.fin_seq.is_none() && f.host_data {
@@ -520,14 +499,7 @@ impl Stack {
                 frame.extend_from_slice(&big);
                 give_back(spare, big);
             }
-            *ip_id = ip_id.wrapping_add(1);
-            let ip = Ipv4 {
-                src: *f.remote.ip(),
-                dst: *f.guest.ip(),
-                proto: PROTO_TCP,
-                ttl: 64,
-                id: *ip_id,
-            };
+            let ip = ipv4_to_guest(ip_id, *f.remote.ip(), *f.guest.ip(), PROTO_TCP);
             let t = f.segment(Tcp::ACK | Tcp::PSH, f.snd_nxt);
             let gso = offload.then(|| VirtioNetHdr {
                 flags: VirtioNetHdr::NEEDS_CSUM,

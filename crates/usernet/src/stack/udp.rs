@@ -196,14 +196,6 @@ impl Stack {
         if flow.icmp {
             return self.icmp_reply(flow, mac, data);
         }
-        let ipid = self.next_ip_id();
-        let ip = Ipv4 {
-            src: *flow.remote.ip(),
-            dst: *flow.guest.ip(),
-            proto: PROTO_UDP,
-            ttl: 64,
-            id: ipid,
-        };
         let udp = Udp {
             src_port: flow.remote.port(),
             dst_port: flow.guest.port(),
@@ -213,16 +205,7 @@ impl Stack {
             self.stats.dropped += 1;
             return;
         }
-        let f = udp_frame(
-            Eth {
-                dst: mac,
-                src: GATEWAY_MAC,
-                ethertype: ETHERTYPE_IPV4,
-            },
-            ip,
-            udp,
-            data,
-        );
-        self.push(f);
+        let (eth, ip) = self.headers_to_guest(mac, *flow.remote.ip(), *flow.guest.ip(), PROTO_UDP);
+        self.push(udp_frame(eth, ip, udp, data));
     }
 }
