@@ -100,6 +100,11 @@ pub trait Backend: Endpoint {
     fn listen_addr(&self) -> Option<String> {
         None
     }
+    /// Frames the backend dropped, by reason (for `x-query-netdev-stats`): only reasons
+    /// that occurred.
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// A backend shared between the core (as its endpoint) and the loop (which polls it).

@@ -535,6 +535,14 @@ impl Endpoint for UserBackend {
 }
 
 impl Backend for UserBackend {
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        self.stack
+            .stats
+            .drops_by_reason()
+            .map(|(r, n)| (r.name(), n))
+            .collect()
+    }
+
     fn ready(&mut self, sub: u32, r: Ready) {
         // Reap guestfwd commands that have exited.
         self.children

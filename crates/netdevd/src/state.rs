@@ -204,10 +204,11 @@ impl State {
                     .stats()
                     .into_iter()
                     .map(|(name, model, up, c)| {
+                        let drops = self.backend_drops(&name);
                         json!({"name": name, "model": model, "link-up": up, "rx-frames": c.rx_frames,
                                "tx-frames": c.tx_frames, "dropped": c.dropped,
                                "tx-max-frame": c.tx_max_frame, "rx-max-frame": c.rx_max_frame,
-                               "tx-offloaded": c.tx_offloaded})
+                               "tx-offloaded": c.tx_offloaded, "backend-drops": drops})
                     })
                     .collect(),
             )),
@@ -322,6 +323,18 @@ impl State {
             self.backends[idx] = Some(slot);
         }
         Ok(())
+    }
+
+    /// The drops by reason of the backends behind client `name`, added up over its queues.
+    pub fn backend_drops(&self, name: &str) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        for b in self.backends.iter().flatten().filter(|b| b.name == name) {
+            for (why, n) in b.backend.borrow().drops() {
+                let e = m.entry(why).or_insert(json!(0));
+                *e = json!(e.as_u64().unwrap_or(0) + n);
+            }
+        }
+        m
     }
 
     /// Where the listening backend `name` can be reached.

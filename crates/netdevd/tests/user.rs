@@ -548,5 +548,25 @@ print(n)
     assert!(ok, "ping after the bad frames: {out}");
     let mut q = common::Qmp::negotiated(&dir.path("n.sock"));
     let r = q.cmd(&serde_json::json!({"execute": "x-query-netdev-stats"}));
-    assert!(r.get("return").is_some(), "{r}");
+    // Every kind of bad frame sent is counted under its own reason (frames shorter than an
+    // Ethernet header stop at the tap).
+    let u = r["return"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "u"))
+        .unwrap_or_else(|| panic!("no stats for u: {r}"));
+    for why in [
+        "bad-arp",
+        "bad-ipv4",
+        "bad-tcp",
+        "bad-udp",
+        "not-echo-request",
+        "ipv6",
+        "other-ethertype",
+        "other-ip-protocol",
+    ] {
+        assert!(
+            u["backend-drops"][why].as_u64().unwrap_or(0) > 0,
+            "no {why} drops counted: {u}"
+        );
+    }
 }

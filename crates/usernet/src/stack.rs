@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use netdevd_wire::packet::{
     icmp_frame, tcp_frame, tcp_frame_in_place, udp_frame, Arp, Eth, Ipv4, Tcp, Udp, ETHERTYPE_ARP,
-    ETHERTYPE_IPV4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_FRAME_HLEN,
+    ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_FRAME_HLEN,
 };
 
 use crate::config::{Config, GuestFwdTarget};
@@ -140,15 +140,115 @@ pub const FIRST_DRIVER_ID: FlowId = 0xf000_0000;
 /// TCP flows at once; a SYN beyond that is answered with RST.
 pub const MAX_TCP_FLOWS: usize = 16384;
 
+/// Why a frame was dropped. Every drop is counted under one of these
+/// ([`Stats::drops`]) and logged at debug level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header.
+    BadEthernet,
+    /// An offloaded frame whose virtio-net header does not fit it.
+    BadOffload,
+    /// A malformed ARP packet.
+    BadArp,
+    /// A malformed IPv4 header (length, version, checksum, fragment).
+    BadIpv4,
+    /// A malformed UDP datagram (length, checksum).
+    BadUdp,
+    /// A malformed TCP segment (length, checksum, options).
+    BadTcp,
+    /// ICMP other than an echo request, or one too short.
+    NotEchoRequest,
+    /// IPv4 turned off (`ipv4=off`).
+    Ipv4Off,
+    /// IPv6: not served yet.
+    Ipv6,
+    /// Neither ARP nor IP.
+    OtherEthertype,
+    /// IPv4 carrying neither TCP, UDP nor ICMP.
+    OtherIpProto,
+    /// `restrict=on` keeps the guest from opening this flow.
+    Restricted,
+    /// To an address nothing stands for (loopback, multicast, broadcast, unspecified).
+    Unroutable,
+    /// The host socket would not take the datagram.
+    HostSend,
+    /// From the host: a datagram larger than the guest's MTU (no IP fragmentation).
+    TooBigForGuest,
+    /// From the host: an ICMP socket handed up something other than an echo reply.
+    NotEchoReply,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 16] = [
+        DropReason::BadEthernet,
+        DropReason::BadOffload,
+        DropReason::BadArp,
+        DropReason::BadIpv4,
+        DropReason::BadUdp,
+        DropReason::BadTcp,
+        DropReason::NotEchoRequest,
+        DropReason::Ipv4Off,
+        DropReason::Ipv6,
+        DropReason::OtherEthertype,
+        DropReason::OtherIpProto,
+        DropReason::Restricted,
+        DropReason::Unroutable,
+        DropReason::HostSend,
+        DropReason::TooBigForGuest,
+        DropReason::NotEchoReply,
+    ];
+
+    /// The name in `x-query-netdev-stats` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::BadEthernet => "bad-ethernet",
+            DropReason::BadOffload => "bad-offload",
+            DropReason::BadArp => "bad-arp",
+            DropReason::BadIpv4 => "bad-ipv4",
+            DropReason::BadUdp => "bad-udp",
+            DropReason::BadTcp => "bad-tcp",
+            DropReason::NotEchoRequest => "not-echo-request",
+            DropReason::Ipv4Off => "ipv4-off",
+            DropReason::Ipv6 => "ipv6",
+            DropReason::OtherEthertype => "other-ethertype",
+            DropReason::OtherIpProto => "other-ip-protocol",
+            DropReason::Restricted => "restricted",
+            DropReason::Unroutable => "unroutable",
+            DropReason::HostSend => "host-send-failed",
+            DropReason::TooBigForGuest => "too-big-for-guest",
+            DropReason::NotEchoReply => "not-echo-reply",
+        }
+    }
+}
+
 /// Counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub from_guest: u64,
     pub to_guest: u64,
-    /// Frames from the guest dropped: malformed, not for us, restricted, unsupported.
+    /// Frames dropped, all reasons together (the sum of [`Stats::drops`]).
     pub dropped: u64,
+    /// Frames dropped, by [`DropReason`] (indexed by `reason as usize`).
+    pub drops: [u64; DropReason::ALL.len()],
     /// Flows refused (limit reached or the host socket failed).
     pub refused: u64,
+}
+
+impl Stats {
+    /// Count a drop.
+    pub fn drop(&mut self, why: DropReason) {
+        self.dropped += 1;
+        self.drops[why as usize] += 1;
+        tracing::debug!(reason = why.name(), "frame dropped");
+    }
+
+    /// The drops by reason, the reasons that occurred.
+    pub fn drops_by_reason(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r, self.drops[r as usize]))
+            .filter(|&(_, n)| n > 0)
+    }
 }
 
 /// The stack for one guest.
@@ -236,8 +336,8 @@ impl Stack {
             || self.cfg.guestfwd.iter().any(|g| *g.server.ip() == a)
     }
 
-    fn drop_frame(&mut self) {
-        self.stats.dropped += 1;
+    fn drop_frame(&mut self, why: DropReason) {
+        self.stats.drop(why);
     }
 
     /// A frame the guest sent.
@@ -264,7 +364,7 @@ impl Stack {
         let mut plain = Vec::new();
         if netdevd_wire::gso::finish_frame(frame, hdr, &mut |f| plain.push(f.to_vec())).is_err() {
             self.stats.from_guest += 1;
-            return self.drop_frame();
+            return self.drop_frame(DropReason::BadOffload);
         }
         for f in plain {
             self.take_guest_frame(&f, true, now, io);
@@ -275,7 +375,7 @@ impl Stack {
         self.stats.from_guest += 1;
         self.expire(now, io);
         let Some((eth, rest)) = Eth::parse(frame) else {
-            return self.drop_frame();
+            return self.drop_frame(DropReason::BadEthernet);
         };
         if eth.src[0] & 1 == 0 {
             self.guest_mac = Some(eth.src);
@@ -288,25 +388,26 @@ impl Stack {
                 self.dhcp.seen(eth.src, now);
             }
         }
-        if !self.cfg.ipv4 {
-            return self.drop_frame();
-        }
         match eth.ethertype {
+            ETHERTYPE_ARP | ETHERTYPE_IPV4 if !self.cfg.ipv4 => {
+                self.drop_frame(DropReason::Ipv4Off)
+            }
             ETHERTYPE_ARP => self.arp(rest),
             ETHERTYPE_IPV4 => self.ipv4(eth, rest, verify, now, io),
-            _ => self.drop_frame(),
+            ETHERTYPE_IPV6 => self.drop_frame(DropReason::Ipv6),
+            _ => self.drop_frame(DropReason::OtherEthertype),
         }
     }
 
     fn ipv4(&mut self, eth: Eth, p: &[u8], verify: bool, now: Instant, io: &mut dyn HostIo) {
         let Some((ip, payload)) = Ipv4::parse(p) else {
-            return self.drop_frame();
+            return self.drop_frame(DropReason::BadIpv4);
         };
         match ip.proto {
             PROTO_UDP => self.udp(eth, ip, payload, verify, now, io),
             PROTO_TCP => self.tcp_from_guest(ip, payload, verify, now, io),
             PROTO_ICMP => self.icmp(eth, ip, payload, now, io),
-            _ => self.drop_frame(),
+            _ => self.drop_frame(DropReason::OtherIpProto),
         }
     }
 

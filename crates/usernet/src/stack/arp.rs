@@ -7,7 +7,7 @@ use super::*;
 impl Stack {
     pub(super) fn arp(&mut self, p: &[u8]) {
         let Some(a) = Arp::parse(p) else {
-            return self.drop_frame();
+            return self.drop_frame(DropReason::BadArp);
         };
         if a.op != Arp::REQUEST || !self.is_ours(a.tpa) {
             return;

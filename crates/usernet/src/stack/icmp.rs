@@ -7,7 +7,7 @@ use super::*;
 impl Stack {
     pub(super) fn icmp(&mut self, eth: Eth, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
         if p.len() < 8 || p[0] != 8 || p[1] != 0 {
-            return self.drop_frame();
+            return self.drop_frame(DropReason::NotEchoRequest);
         }
         if !self.is_ours(ip.dst) {
             return self.icmp_out(ip, p, now, io);
@@ -36,7 +36,7 @@ impl Stack {
                     || dst.is_unspecified()
                     || dst.is_loopback()
                 {
-                    return self.drop_frame();
+                    return self.drop_frame(DropReason::Unroutable);
                 }
                 if self.flows.len() >= MAX_UDP_FLOWS {
                     self.stats.refused += 1;
@@ -66,15 +66,17 @@ impl Stack {
         }
         // The kernel puts the socket's own identifier in and computes the checksum.
         if io.udp_send(id, p).is_err() {
-            self.stats.dropped += 1;
+            self.stats.drop(DropReason::HostSend);
         }
     }
 
     /// An echo reply on an ICMP flow's socket goes to the guest with the guest's identifier.
     pub(super) fn icmp_reply(&mut self, flow: UdpFlow, mac: [u8; 6], data: &[u8]) {
-        if data.len() < 8 || data[0] != 0 || data.len() + 28 > self.cfg.mtu as usize {
-            self.stats.dropped += 1;
-            return;
+        if data.len() < 8 || data[0] != 0 {
+            return self.stats.drop(DropReason::NotEchoReply);
+        }
+        if data.len() + 28 > self.cfg.mtu as usize {
+            return self.stats.drop(DropReason::TooBigForGuest);
         }
         let mut reply = data.to_vec();
         reply[4..6].copy_from_slice(&flow.guest.port().to_be_bytes());

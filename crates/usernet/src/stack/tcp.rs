@@ -66,7 +66,7 @@ impl Stack {
         io: &mut dyn HostIo,
     ) {
         let Some((t, data)) = Tcp::parse_with(&ip, p, verify) else {
-            return self.drop_frame();
+            return self.drop_frame(DropReason::BadTcp);
         };
         let guest = SocketAddrV4::new(ip.src, t.src_port);
         let remote = SocketAddrV4::new(ip.dst, t.dst_port);

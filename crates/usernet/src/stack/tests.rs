@@ -744,3 +744,56 @@ proptest::proptest! {
         s.from_guest(&data, Instant::now(), &mut FakeHost::default());
     }
 }
+
+#[test]
+fn every_drop_is_counted_by_reason() {
+    let mut s = stack();
+    let mut h = FakeHost::default();
+    let now = Instant::now();
+    let udp = guest_udp(Ipv4Addr::new(10, 0, 2, 2), 4000, 7, b"hello");
+    let with_ethertype = |t: u16| {
+        let mut f = udp.clone();
+        f[12..14].copy_from_slice(&t.to_be_bytes());
+        f
+    };
+    s.from_guest(&udp[..10], now, &mut h);
+    s.from_guest(&with_ethertype(ETHERTYPE_IPV6), now, &mut h);
+    s.from_guest(&with_ethertype(0x88cc), now, &mut h);
+    let mut bad_ip = udp.clone();
+    bad_ip[14 + 10] ^= 0xff; // the header checksum
+    s.from_guest(&bad_ip, now, &mut h);
+    let mut bad_udp = udp.clone();
+    bad_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes()); // UDP length
+    s.from_guest(&bad_udp, now, &mut h);
+    s.from_guest(
+        &guest_udp(Ipv4Addr::new(10, 0, 2, 255), 4000, 7, b"x"),
+        now,
+        &mut h,
+    );
+    let got: Vec<(&str, u64)> = s
+        .stats
+        .drops_by_reason()
+        .map(|(r, n)| (r.name(), n))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("bad-ethernet", 1),
+            ("bad-ipv4", 1),
+            ("bad-udp", 1),
+            ("ipv6", 1),
+            ("other-ethertype", 1),
+            ("unroutable", 1),
+        ]
+    );
+    assert_eq!(s.stats.dropped, 6);
+    assert!(h.open.is_empty());
+    // With IPv4 off, ARP and IPv4 are dropped as such.
+    let mut off = Stack::new(Config {
+        ipv4: false,
+        ..Config::default()
+    });
+    off.from_guest(&udp, now, &mut h);
+    assert_eq!(off.stats.drops[DropReason::Ipv4Off as usize], 1);
+    assert!(h.open.is_empty());
+}

@@ -29,7 +29,7 @@ impl Stack {
         io: &mut dyn HostIo,
     ) {
         let Some((udp, data)) = Udp::parse_with(&ip, p, verify) else {
-            return self.drop_frame();
+            return self.drop_frame(DropReason::BadUdp);
         };
         if udp.dst_port == 67 {
             return self.dhcp(data, now);
@@ -49,7 +49,7 @@ impl Stack {
         let id = match self.by_key.get(&(guest, remote)) {
             Some(&id) => id,
             // Restricted guests open no flows; answers on forwarded ones still go.
-            None if self.cfg.restrict => return self.drop_frame(),
+            None if self.cfg.restrict => return self.drop_frame(DropReason::Restricted),
             None => match self.open_flow(guest, remote, now, io) {
                 Some(id) => id,
                 None => return,
@@ -59,7 +59,7 @@ impl Stack {
             f.last = now;
         }
         if io.udp_send(id, data).is_err() {
-            self.stats.dropped += 1;
+            self.stats.drop(DropReason::HostSend);
         }
     }
 
@@ -115,7 +115,7 @@ impl Stack {
         io: &mut dyn HostIo,
     ) -> Option<FlowId> {
         let Some(target) = self.target(remote) else {
-            self.drop_frame();
+            self.drop_frame(DropReason::Unroutable);
             return None;
         };
         if self.flows.len() >= MAX_UDP_FLOWS {
@@ -202,7 +202,7 @@ impl Stack {
         };
         // Datagrams larger than one frame would need IP fragmentation: not done, dropped.
         if data.len() + 28 > self.cfg.mtu as usize {
-            self.stats.dropped += 1;
+            self.stats.drop(DropReason::TooBigForGuest);
             return;
         }
         let (eth, ip) = self.headers_to_guest(mac, *flow.remote.ip(), *flow.guest.ip(), PROTO_UDP);
