@@ -35,7 +35,7 @@ use netdevd_wire::packet::{
 use crate::config::{Config, GuestFwdTarget};
 use crate::dhcp::DhcpServer;
 use crate::tcp::{
-    Phase, TcpFlow, DELAYED_ACK, DELAYED_ACK_MAX, IDLE, MAX_IN_FLIGHT, OUR_WSCALE, RCV_BUF,
+    Phase, Seq, TcpFlow, DELAYED_ACK, DELAYED_ACK_MAX, IDLE, MAX_IN_FLIGHT, OUR_WSCALE, RCV_BUF,
     RTO_MAX, RTO_MIN, SYN_RETRIES,
 };
 use crate::tftp::TftpServer;

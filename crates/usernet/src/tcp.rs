@@ -2,7 +2,7 @@
 //! guest only as far as needed to move bytes to and from one host socket per connection —
 //! the host kernel's TCP does the real work toward the peer (passt's design).
 //!
-//! What is kept per flow (sequence numbers are `u32` with wrapping arithmetic):
+//! What is kept per flow (sequence numbers are [`Seq`], modulo 2^32):
 //! - guest → host: `rcv_nxt` (next byte expected from the guest) and `to_host`, bytes the
 //!   guest sent and we acknowledged but the host socket has not taken yet (at most
 //!   [`RCV_BUF`]; the window we advertise is the room left, scaled by [`OUR_WSCALE`] when
@@ -42,6 +42,38 @@ pub const RTO_MAX: Duration = Duration::from_secs(4);
 /// A flow with no traffic for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(7200);
 
+/// A TCP sequence number: arithmetic modulo 2^32 (RFC 793 §3.3), in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Seq(pub u32);
+
+impl Seq {
+    /// Whether `self` comes before `other` (less than half the sequence space behind).
+    pub fn is_before(self, other: Seq) -> bool {
+        (self.0.wrapping_sub(other.0) as i32) < 0
+    }
+}
+
+impl std::ops::Add<u32> for Seq {
+    type Output = Seq;
+    fn add(self, n: u32) -> Seq {
+        Seq(self.0.wrapping_add(n))
+    }
+}
+
+impl std::ops::AddAssign<u32> for Seq {
+    fn add_assign(&mut self, n: u32) {
+        *self = *self + n;
+    }
+}
+
+/// The distance from `earlier` forward to `self`.
+impl std::ops::Sub for Seq {
+    type Output = u32;
+    fn sub(self, earlier: Seq) -> u32 {
+        self.0.wrapping_sub(earlier.0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// The host connect is in progress; the guest's SYN waits for it.
@@ -62,9 +94,9 @@ pub struct TcpFlow {
     pub remote: SocketAddrV4,
     pub phase: Phase,
     /// Our initial sequence number (the SYN-ACK's).
-    pub isn: u32,
+    pub isn: Seq,
     /// Next sequence number expected from the guest.
-    pub rcv_nxt: u32,
+    pub rcv_nxt: Seq,
     /// Acknowledged guest bytes the host socket has not taken yet.
     pub to_host: Vec<u8>,
     /// The guest's FIN arrived (in sequence).
@@ -72,9 +104,9 @@ pub struct TcpFlow {
     /// The host socket's sending side was shut down after `to_host` drained.
     pub host_shut: bool,
     /// Oldest byte not yet acknowledged by the guest.
-    pub snd_una: u32,
+    pub snd_una: Seq,
     /// Next sequence number to send.
-    pub snd_nxt: u32,
+    pub snd_nxt: Seq,
     /// The host closed its side; a FIN follows the data.
     pub host_eof: bool,
     /// The host socket may hold bytes not sent yet: set by a readable event (edge-triggered)
@@ -84,7 +116,7 @@ pub struct TcpFlow {
     /// The host socket reported the end of its stream (the FIN may still be behind data).
     pub host_hup: bool,
     /// Sequence number of our FIN, once sent.
-    pub fin_seq: Option<u32>,
+    pub fin_seq: Option<Seq>,
     pub fin_acked: bool,
     /// The guest's window in bytes (already scaled).
     pub guest_win: u32,
@@ -104,9 +136,7 @@ pub struct TcpFlow {
 impl TcpFlow {
     /// Bytes sent and not acknowledged.
     pub fn in_flight(&self) -> u32 {
-        self.snd_nxt
-            .wrapping_sub(self.snd_una)
-            .saturating_sub(self.fin_seq.is_some() as u32)
+        (self.snd_nxt - self.snd_una).saturating_sub(self.fin_seq.is_some() as u32)
     }
 
     /// The window we advertise (scaled).
@@ -120,12 +150,12 @@ impl TcpFlow {
     }
 
     /// A segment of this flow toward the guest: ports, acknowledgement and window filled in.
-    pub fn segment(&self, flags: u8, seq: u32) -> netdevd_wire::packet::Tcp {
+    pub fn segment(&self, flags: u8, seq: Seq) -> netdevd_wire::packet::Tcp {
         netdevd_wire::packet::Tcp {
             src_port: self.remote.port(),
             dst_port: self.guest.port(),
-            seq,
-            ack: self.rcv_nxt,
+            seq: seq.0,
+            ack: self.rcv_nxt.0,
             flags,
             window: self.our_window(),
             ..Default::default()
@@ -135,5 +165,23 @@ impl TcpFlow {
     /// Both directions are finished: the flow can go.
     pub fn done(&self) -> bool {
         self.guest_fin && self.host_shut && self.fin_acked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seq;
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let a = Seq(u32::MAX - 1);
+        let b = a + 5;
+        assert_eq!(b, Seq(3));
+        assert_eq!(b - a, 5);
+        assert!(a.is_before(b) && !b.is_before(a) && !a.is_before(a));
+        let mut c = b;
+        c += u32::MAX;
+        assert_eq!(c, Seq(2));
+        assert!(c.is_before(b));
     }
 }

@@ -44,7 +44,7 @@ impl Stack {
             Tcp {
                 src_port: t.dst_port,
                 dst_port: t.src_port,
-                ack: t.seq.wrapping_add(len as u32).wrapping_add(syn_fin),
+                ack: (Seq(t.seq) + len as u32 + syn_fin).0,
                 flags: Tcp::RST | Tcp::ACK,
                 ..Tcp::default()
             }
@@ -86,10 +86,8 @@ impl Stack {
         f.last = now;
         if f.phase == Phase::SynSent {
             // Our SYN's answer: the connection is open once it acknowledges our SYN.
-            if t.flags & (Tcp::SYN | Tcp::ACK) == Tcp::SYN | Tcp::ACK
-                && t.ack == f.isn.wrapping_add(1)
-            {
-                f.rcv_nxt = t.seq.wrapping_add(1);
+            if t.flags & (Tcp::SYN | Tcp::ACK) == Tcp::SYN | Tcp::ACK && Seq(t.ack) == f.isn + 1 {
+                f.rcv_nxt = Seq(t.seq) + 1;
                 f.guest_wscale = t.wscale;
                 f.our_wscale = if t.wscale.is_some() { OUR_WSCALE } else { 0 };
                 f.guest_win = (t.window as u32) << t.wscale.unwrap_or(0);
@@ -116,15 +114,15 @@ impl Stack {
             return;
         }
         if t.flags & Tcp::ACK != 0 {
-            let acked = t.ack.wrapping_sub(f.snd_una);
-            let sent = f.snd_nxt.wrapping_sub(f.snd_una);
+            let acked = Seq(t.ack) - f.snd_una;
+            let sent = f.snd_nxt - f.snd_una;
             if acked <= sent {
                 let data_acked = acked.min(f.in_flight()) as usize;
                 if data_acked > 0 {
                     io.tcp_consume(id, data_acked);
                 }
-                f.snd_una = t.ack;
-                if f.fin_seq.is_some_and(|s| t.ack == s.wrapping_add(1)) {
+                f.snd_una = Seq(t.ack);
+                if f.fin_seq.is_some_and(|s| Seq(t.ack) == s + 1) {
                     f.fin_acked = true;
                 }
                 if acked > 0 {
@@ -138,7 +136,7 @@ impl Stack {
         let mut may_delay = false;
         if !data.is_empty() || t.flags & Tcp::FIN != 0 {
             ack_now = true;
-            if t.seq == f.rcv_nxt && !f.guest_fin {
+            if Seq(t.seq) == f.rcv_nxt && !f.guest_fin {
                 // Nothing waiting for the host socket: write straight from the frame, and
                 // keep only what it did not take.
                 let mut take = 0;
@@ -154,9 +152,9 @@ impl Stack {
                 }
                 f.to_host.extend_from_slice(&data[take..take + more]);
                 let take = take + more;
-                f.rcv_nxt = f.rcv_nxt.wrapping_add(take as u32);
+                f.rcv_nxt += take as u32;
                 if take == data.len() && t.flags & Tcp::FIN != 0 {
-                    f.rcv_nxt = f.rcv_nxt.wrapping_add(1);
+                    f.rcv_nxt += 1;
                     f.guest_fin = true;
                 }
                 // A small in-sequence segment the host socket took whole: its ACK can wait
@@ -211,19 +209,19 @@ impl Stack {
             return self.tcp_reset(&ip, &t, 0);
         };
         let nanos = now.elapsed().as_nanos() as u32 ^ (id.wrapping_mul(2_654_435_761));
-        let isn = nanos ^ (self.ip_id as u32) << 16;
+        let isn = Seq(nanos ^ (self.ip_id as u32) << 16);
         let mss = MAX_MSS;
         let flow = TcpFlow {
             guest,
             remote,
             phase: Phase::Connecting,
             isn,
-            rcv_nxt: t.seq.wrapping_add(1),
+            rcv_nxt: Seq(t.seq) + 1,
             to_host: Vec::new(),
             guest_fin: false,
             host_shut: false,
-            snd_una: isn.wrapping_add(1),
-            snd_nxt: isn.wrapping_add(1),
+            snd_una: isn + 1,
+            snd_nxt: isn + 1,
             host_eof: false,
             // A socket connected just now holds nothing: its first bytes raise an edge (an
             // edge-triggered registration also reports what is there when it is added).
@@ -267,18 +265,19 @@ impl Stack {
             return None;
         }
         let id = self.alloc_id();
-        let isn = (now.elapsed().as_nanos() as u32) ^ id.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995;
+        let isn =
+            Seq((now.elapsed().as_nanos() as u32) ^ id.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995);
         let flow = TcpFlow {
             guest,
             remote,
             phase: Phase::SynSent,
             isn,
-            rcv_nxt: 0,
+            rcv_nxt: Seq(0),
             to_host: Vec::new(),
             guest_fin: false,
             host_shut: false,
-            snd_una: isn.wrapping_add(1),
-            snd_nxt: isn.wrapping_add(1),
+            snd_una: isn + 1,
+            snd_nxt: isn + 1,
             host_eof: false,
             host_data: true,
             host_hup: false,
@@ -346,7 +345,7 @@ impl Stack {
             let t = Tcp {
                 src_port: f.remote.port(),
                 dst_port: f.guest.port(),
-                ack: f.rcv_nxt,
+                ack: f.rcv_nxt.0,
                 flags: Tcp::RST | Tcp::ACK,
                 ..Tcp::default()
             };
@@ -515,7 +514,7 @@ impl Stack {
             });
             tcp_frame_in_place(&mut frame, eth, ip, &t, gso.is_some());
             push_frame(to_guest, to_guest_bytes, stats, frame, gso);
-            f.snd_nxt = f.snd_nxt.wrapping_add(got as u32);
+            f.snd_nxt += got as u32;
             sent = true;
         }
         if broken {
@@ -523,7 +522,7 @@ impl Stack {
             let t = Tcp {
                 src_port: f.remote.port(),
                 dst_port: f.guest.port(),
-                seq: f.snd_nxt,
+                seq: f.snd_nxt.0,
                 flags: Tcp::RST,
                 ..Tcp::default()
             };
@@ -536,7 +535,7 @@ impl Stack {
             f.ack_due = None;
             let t = f.segment(Tcp::ACK | Tcp::FIN, f.snd_nxt);
             f.fin_seq = Some(f.snd_nxt);
-            f.snd_nxt = f.snd_nxt.wrapping_add(1);
+            f.snd_nxt += 1;
             let (remote, guest) = (f.remote, f.guest);
             if f.rto_at.is_none() {
                 f.rto_at = Some(now + f.rto);
