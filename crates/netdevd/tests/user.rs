@@ -560,7 +560,7 @@ print(n)
         "bad-tcp",
         "bad-udp",
         "not-echo-request",
-        "ipv6",
+        "bad-ipv6",
         "other-ethertype",
         "other-ip-protocol",
     ] {

@@ -24,12 +24,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use netdevd_wire::packet::{
     icmp_frame, tcp_frame, tcp_frame_in_place, udp_frame, Arp, Eth, Ipv4, Tcp, Udp, ETHERTYPE_ARP,
     ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_FRAME_HLEN,
+};
+
+use netdevd_wire::ipv6::{
+    icmpv6_frame, multicast_mac, neighbor_advert, Icmpv6, Ipv6, Ndp, RouterAdvert, ALL_NODES,
+    PROTO_ICMPV6,
 };
 
 use crate::config::{Config, GuestFwdTarget};
@@ -44,6 +49,8 @@ use netdevd_wire::VirtioNetHdr;
 mod arp;
 mod egress;
 mod icmp;
+mod ipv6;
+mod ndp;
 mod services;
 mod tcp;
 #[cfg(test)]
@@ -160,8 +167,18 @@ pub enum DropReason {
     NotEchoRequest,
     /// IPv4 turned off (`ipv4=off`).
     Ipv4Off,
-    /// IPv6: not served yet.
-    Ipv6,
+    /// IPv6 turned off (`ipv6=off`).
+    Ipv6Off,
+    /// A malformed IPv6 header or extension-header chain, or a fragment.
+    BadIpv6,
+    /// A malformed ICMPv6 message (length, checksum).
+    BadIcmpv6,
+    /// A malformed Neighbor Discovery message (hop limit, code, options).
+    BadNdp,
+    /// ICMPv6 the stack has no use for (other routers' advertisements, MLD, errors).
+    OtherIcmpv6,
+    /// IPv6 the stack does not serve yet (TCP, UDP, echo to other hosts).
+    Ipv6NotYet,
     /// Neither ARP nor IP.
     OtherEthertype,
     /// IPv4 carrying neither TCP, UDP nor ICMP.
@@ -179,7 +196,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::BadEthernet,
         DropReason::BadOffload,
         DropReason::BadArp,
@@ -188,7 +205,12 @@ impl DropReason {
         DropReason::BadTcp,
         DropReason::NotEchoRequest,
         DropReason::Ipv4Off,
-        DropReason::Ipv6,
+        DropReason::Ipv6Off,
+        DropReason::BadIpv6,
+        DropReason::BadIcmpv6,
+        DropReason::BadNdp,
+        DropReason::OtherIcmpv6,
+        DropReason::Ipv6NotYet,
         DropReason::OtherEthertype,
         DropReason::OtherIpProto,
         DropReason::Restricted,
@@ -209,7 +231,12 @@ impl DropReason {
             DropReason::BadTcp => "bad-tcp",
             DropReason::NotEchoRequest => "not-echo-request",
             DropReason::Ipv4Off => "ipv4-off",
-            DropReason::Ipv6 => "ipv6",
+            DropReason::Ipv6Off => "ipv6-off",
+            DropReason::BadIpv6 => "bad-ipv6",
+            DropReason::BadIcmpv6 => "bad-icmpv6",
+            DropReason::BadNdp => "bad-ndp",
+            DropReason::OtherIcmpv6 => "other-icmpv6",
+            DropReason::Ipv6NotYet => "ipv6-not-yet",
             DropReason::OtherEthertype => "other-ethertype",
             DropReason::OtherIpProto => "other-ip-protocol",
             DropReason::Restricted => "restricted",
@@ -256,6 +283,11 @@ pub struct Stack {
     cfg: Config,
     dhcp: DhcpServer,
     guest_mac: Option<[u8; 6]>,
+    /// IPv6 addresses the guest sent from (see `ndp.rs`).
+    guest_ip6: Vec<Ipv6Addr>,
+    /// When the next unsolicited router advertisement is due (none before the guest's
+    /// first frame).
+    next_ra: Option<Instant>,
     /// The last MAC reported to [`DhcpServer::seen`], and when.
     dhcp_seen: Option<([u8; 6], Instant)>,
     to_guest: VecDeque<(Vec<u8>, Option<VirtioNetHdr>)>,
@@ -285,6 +317,8 @@ impl Stack {
             cfg,
             dhcp: DhcpServer::default(),
             guest_mac: None,
+            guest_ip6: Vec::new(),
+            next_ra: None,
             dhcp_seen: None,
             to_guest: VecDeque::new(),
             to_guest_bytes: 0,
@@ -378,6 +412,10 @@ impl Stack {
             return self.drop_frame(DropReason::BadEthernet);
         };
         if eth.src[0] & 1 == 0 {
+            if self.guest_mac.is_none() && self.next_ra.is_none() {
+                // The guest is there: its first router advertisement is due now.
+                self.next_ra = Some(now);
+            }
             self.guest_mac = Some(eth.src);
             // Tell the DHCP server its client is alive, at most once a second per MAC.
             if self
@@ -394,7 +432,8 @@ impl Stack {
             }
             ETHERTYPE_ARP => self.arp(rest),
             ETHERTYPE_IPV4 => self.ipv4(eth, rest, verify, now, io),
-            ETHERTYPE_IPV6 => self.drop_frame(DropReason::Ipv6),
+            ETHERTYPE_IPV6 if !self.cfg.ipv6 => self.drop_frame(DropReason::Ipv6Off),
+            ETHERTYPE_IPV6 => self.ipv6(eth, rest, now),
             _ => self.drop_frame(DropReason::OtherEthertype),
         }
     }
@@ -414,6 +453,7 @@ impl Stack {
     /// Everything timed: TCP retransmissions and idle connections, TFTP retransmissions.
     pub fn timers(&mut self, now: Instant, io: &mut dyn HostIo) {
         self.tcp_timers(now, io);
+        self.ndp_timers(now);
         let resend = self
             .tftp
             .as_mut()
@@ -427,11 +467,13 @@ impl Stack {
     /// When [`Stack::tcp_timers`] next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         let tftp = self.tftp.as_ref().and_then(TftpServer::next_deadline);
+        let ra = self.next_ra.filter(|_| self.cfg.ipv6);
         self.tcp
             .values()
             .flat_map(|f| [f.rto_at, f.ack_due])
             .flatten()
             .chain(tftp)
+            .chain(ra)
             .min()
     }
 

@@ -1,13 +1,15 @@
 //! Frame formats: the virtio-net header ([`VirtioNetHdr`]), the Internet checksum
 //! ([`checksum`]), and finishing offloaded frames in software ([`gso`]): filling a partial
 //! checksum and cutting a TCP segmentation-offload frame into MSS-sized frames, for
-//! receivers that cannot take offloaded frames.
+//! receivers that cannot take offloaded frames. Checked views of Ethernet, ARP, IPv4, UDP,
+//! TCP ([`packet`]) and of IPv6, ICMPv6 and Neighbor Discovery ([`ipv6`]).
 //!
 //! No I/O, no `unsafe`; every view checks lengths first.
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod gso;
+pub mod ipv6;
 pub mod packet;
 
 /// The virtio-net header (`struct virtio_net_hdr`, little-endian, 10 bytes; 12 with

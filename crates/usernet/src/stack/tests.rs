@@ -104,9 +104,12 @@ fn guest_udp(dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// An IPv4 stack (IPv6 off: no router advertisements among the frames and deadlines the
+/// IPv4 tests look at).
 fn stack() -> Stack {
     Stack::new(Config {
         dns_upstream: vec!["127.0.0.2:53".parse().unwrap()],
+        ipv6: false,
         ..Config::default()
     })
 }
@@ -366,7 +369,9 @@ fn to_guest_tcp(s: &mut Stack) -> Vec<(Tcp, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(f) = s.pop_frame() {
         let (_, rest) = Eth::parse(&f).unwrap();
-        let (ip, p) = Ipv4::parse(rest).unwrap();
+        let Some((ip, p)) = Ipv4::parse(rest) else {
+            continue;
+        };
         if ip.proto == PROTO_TCP {
             let (t, d) = Tcp::parse(&ip, p).unwrap();
             out.push((t, d.to_vec()));
@@ -747,7 +752,7 @@ proptest::proptest! {
 
 #[test]
 fn every_drop_is_counted_by_reason() {
-    let mut s = stack();
+    let mut s = Stack::new(Config::default());
     let mut h = FakeHost::default();
     let now = Instant::now();
     let udp = guest_udp(Ipv4Addr::new(10, 0, 2, 2), 4000, 7, b"hello");
@@ -781,7 +786,7 @@ fn every_drop_is_counted_by_reason() {
             ("bad-ethernet", 1),
             ("bad-ipv4", 1),
             ("bad-udp", 1),
-            ("ipv6", 1),
+            ("bad-ipv6", 1),
             ("other-ethertype", 1),
             ("unroutable", 1),
         ]
@@ -796,4 +801,207 @@ fn every_drop_is_counted_by_reason() {
     off.from_guest(&udp, now, &mut h);
     assert_eq!(off.stats.drops[DropReason::Ipv4Off as usize], 1);
     assert!(h.open.is_empty());
+}
+
+/// An ICMPv6 frame from the guest (link-local source unless `src` says otherwise).
+fn guest_icmpv6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, kind: u8, body: &[u8]) -> Vec<u8> {
+    let ip = Ipv6 {
+        src,
+        dst,
+        proto: PROTO_ICMPV6,
+        hop_limit,
+    };
+    let eth_dst = if dst.is_multicast() {
+        multicast_mac(dst)
+    } else {
+        GATEWAY_MAC
+    };
+    icmpv6_frame(eth_dst, GUEST, ip, kind, 0, body)
+}
+
+fn icmpv6_to_guest(s: &mut Stack) -> Vec<(Ipv6, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(f) = s.pop_frame() {
+        let (eth, rest) = Eth::parse(&f).unwrap();
+        assert_eq!(eth.src, GATEWAY_MAC);
+        if let Some((ip, p)) = Ipv6::parse(rest) {
+            let m = Icmpv6::parse(&ip, p).expect("a valid ICMPv6 checksum");
+            out.push((ip, m.kind, m.body.to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn ipv6_neighbor_and_router_discovery_and_echo() {
+    let mut s = Stack::new(Config::default());
+    let mut h = FakeHost::default();
+    let now = Instant::now();
+    let ll: Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
+    let host: Ipv6Addr = "fec0::2".parse().unwrap();
+    let dns: Ipv6Addr = "fec0::3".parse().unwrap();
+    let slaac: Ipv6Addr = "fec0::5054:ff:fe12:3456".parse().unwrap();
+    // The guest's router solicitation is answered with the prefix and the MTU.
+    s.from_guest(
+        &guest_icmpv6(
+            ll,
+            "ff02::2".parse().unwrap(),
+            255,
+            Icmpv6::ROUTER_SOLICIT,
+            &[0; 4],
+        ),
+        now,
+        &mut h,
+    );
+    let got = icmpv6_to_guest(&mut s);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (ip, kind, body) = &got[0];
+    assert_eq!(
+        (*kind, ip.hop_limit, ip.dst),
+        (Icmpv6::ROUTER_ADVERT, 255, ALL_NODES)
+    );
+    assert!(ip.src.is_unicast_link_local());
+    let prefix_opt = body[12..]
+        .chunks(8)
+        .position(|c| c[0] == 3 && c[1] == 4)
+        .map(|i| &body[12 + i * 8..12 + i * 8 + 32])
+        .expect("a prefix information option");
+    assert_eq!(prefix_opt[2], 64);
+    assert_eq!(prefix_opt[3] & 0xc0, 0xc0, "on-link and autonomous");
+    assert_eq!(
+        &prefix_opt[16..],
+        &"fec0::".parse::<Ipv6Addr>().unwrap().octets()
+    );
+    // The next unsolicited one is scheduled.
+    assert_eq!(s.next_deadline(), Some(now + super::ndp::RA_INTERVAL));
+    // Duplicate address detection goes unanswered; a real solicitation of the gateway
+    // and of the DNS address is answered with the gateway MAC.
+    let ns = |target: Ipv6Addr| {
+        let mut b = vec![0; 4];
+        b.extend_from_slice(&target.octets());
+        b.extend_from_slice(&[1, 1]);
+        b.extend_from_slice(&GUEST);
+        b
+    };
+    let dad_dst = netdevd_wire::ipv6::solicited_node(slaac);
+    s.from_guest(
+        &guest_icmpv6(
+            Ipv6Addr::UNSPECIFIED,
+            dad_dst,
+            255,
+            Icmpv6::NEIGHBOR_SOLICIT,
+            &ns(slaac)[..20],
+        ),
+        now,
+        &mut h,
+    );
+    s.from_guest(
+        &guest_icmpv6(
+            Ipv6Addr::UNSPECIFIED,
+            dad_dst,
+            255,
+            Icmpv6::NEIGHBOR_SOLICIT,
+            &ns(host)[..20],
+        ),
+        now,
+        &mut h,
+    );
+    assert!(icmpv6_to_guest(&mut s).is_empty());
+    for target in [host, dns] {
+        let dst = netdevd_wire::ipv6::solicited_node(target);
+        s.from_guest(
+            &guest_icmpv6(slaac, dst, 255, Icmpv6::NEIGHBOR_SOLICIT, &ns(target)),
+            now,
+            &mut h,
+        );
+        let got = icmpv6_to_guest(&mut s);
+        assert_eq!(got.len(), 1);
+        let (ip, kind, body) = &got[0];
+        assert_eq!(
+            (*kind, ip.src, ip.dst),
+            (Icmpv6::NEIGHBOR_ADVERT, target, slaac)
+        );
+        assert_eq!(body[0] & 0x40, 0x40, "solicited");
+        assert_eq!(&body[4..20], &target.octets());
+        assert_eq!(&body[20..28], &[2, 1, 0x52, 0x55, 0x0a, 0, 2, 2]);
+    }
+    // A solicitation with hop limit 64 cannot come from the link: dropped.
+    s.from_guest(
+        &guest_icmpv6(slaac, host, 64, Icmpv6::NEIGHBOR_SOLICIT, &ns(host)),
+        now,
+        &mut h,
+    );
+    assert!(icmpv6_to_guest(&mut s).is_empty());
+    assert_eq!(s.stats.drops[DropReason::BadNdp as usize], 1);
+    // Echo requests to the stack's addresses are answered; to others not yet.
+    for dst in [host, dns] {
+        s.from_guest(
+            &guest_icmpv6(
+                slaac,
+                dst,
+                64,
+                Icmpv6::ECHO_REQUEST,
+                b"\x12\x34\x00\x01payload",
+            ),
+            now,
+            &mut h,
+        );
+        let got = icmpv6_to_guest(&mut s);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].1, got[0].0.src, got[0].0.dst),
+            (Icmpv6::ECHO_REPLY, dst, slaac)
+        );
+        assert_eq!(got[0].2, b"\x12\x34\x00\x01payload");
+    }
+    s.from_guest(
+        &guest_icmpv6(
+            slaac,
+            "2001:db8::1".parse().unwrap(),
+            64,
+            Icmpv6::ECHO_REQUEST,
+            b"\0\0\0\0",
+        ),
+        now,
+        &mut h,
+    );
+    assert!(icmpv6_to_guest(&mut s).is_empty());
+    assert_eq!(s.stats.drops[DropReason::Ipv6NotYet as usize], 1);
+    assert_eq!(s.guest_addrs6(), &[ll, slaac]);
+    assert!(h.open.is_empty());
+}
+
+#[test]
+fn ipv6_off_and_the_first_advertisement() {
+    let mut off = Stack::new(Config {
+        ipv6: false,
+        ..Config::default()
+    });
+    let mut h = FakeHost::default();
+    let now = Instant::now();
+    let rs = guest_icmpv6(
+        "fe80::1".parse().unwrap(),
+        "ff02::2".parse().unwrap(),
+        255,
+        Icmpv6::ROUTER_SOLICIT,
+        &[0; 4],
+    );
+    off.from_guest(&rs, now, &mut h);
+    assert!(off.pop_frame().is_none());
+    assert_eq!(off.stats.drops[DropReason::Ipv6Off as usize], 1);
+    assert_eq!(off.next_deadline(), None);
+    // With IPv6 on, the guest's first frame of any kind makes an advertisement due.
+    let mut s = Stack::new(Config::default());
+    s.from_guest(
+        &guest_udp(Ipv4Addr::new(10, 0, 2, 2), 1, 7, b"x"),
+        now,
+        &mut h,
+    );
+    assert_eq!(s.next_deadline(), Some(now));
+    while s.pop_frame().is_some() {}
+    s.timers(now, &mut h);
+    let got = icmpv6_to_guest(&mut s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, Icmpv6::ROUTER_ADVERT);
+    assert_eq!(s.next_deadline(), Some(now + super::ndp::RA_INTERVAL));
 }
