@@ -7,14 +7,19 @@ use libfuzzer_sys::fuzz_target;
 use netdevd_wire::{gso::finish_frame, VirtioNetHdr};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(hdr) = VirtioNetHdr::parse(data) else { return };
+    let Some(hdr) = VirtioNetHdr::parse(data) else {
+        return;
+    };
     let frame = &data[VirtioNetHdr::LEN..];
     let segmenting = hdr.gso_type & !VirtioNetHdr::GSO_ECN != VirtioNetHdr::GSO_NONE;
     let mut total = 0usize;
     let _ = finish_frame(frame, &hdr, &mut |seg| {
         total += 1;
         if segmenting {
-            assert!(seg.len() <= frame.len().max(1) + 60, "a segment grew beyond its frame");
+            assert!(
+                seg.len() <= frame.len().max(1) + 60,
+                "a segment grew beyond its frame"
+            );
         } else {
             assert_eq!(seg.len(), frame.len());
         }

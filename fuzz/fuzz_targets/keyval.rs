@@ -7,10 +7,16 @@ use netdevd_qapi::schema::Ty;
 use netdevd_qapi::{keyval, parse_as, Netdev, NETDEV};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     let ty = Ty::Union(&NETDEV);
-    let Ok(tree) = keyval::parse(s, Some("type")) else { return };
-    let Ok(v) = keyval::coerce(&tree, &ty) else { return };
+    let Ok(tree) = keyval::parse(s, Some("type")) else {
+        return;
+    };
+    let Ok(v) = keyval::coerce(&tree, &ty) else {
+        return;
+    };
     if let Err(netdevd_qapi::VisitError::Internal(e)) = parse_as::<Netdev>(&v, &ty) {
         panic!("visitor accepted what the typed schema refuses: {e}");
     }

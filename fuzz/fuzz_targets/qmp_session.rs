@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let mut handler = |cmd: &'static CommandDef, args: Value| -> Result<Value, QmpError> {
         match cmd.name {
             "netdev_add" => {
-                if let Err(netdevd_qapi::VisitError::Internal(e)) = parse_as::<Netdev>(&args, &Ty::Union(&NETDEV)) {
+                if let Err(netdevd_qapi::VisitError::Internal(e)) =
+                    parse_as::<Netdev>(&args, &Ty::Union(&NETDEV))
+                {
                     panic!("{e}");
                 }
             }
@@ -29,11 +31,18 @@ fuzz_target!(|data: &[u8]| {
         Ok(json!({}))
     };
     let mut out = String::new();
-    s.feed(b"{\"execute\":\"qmp_capabilities\"}", &mut handler, &mut out);
+    s.feed(
+        b"{\"execute\":\"qmp_capabilities\"}",
+        &mut handler,
+        &mut out,
+    );
     s.feed(data, &mut handler, &mut out);
     for line in out.split_terminator("\r\n") {
         let v: Value = serde_json::from_str(line).expect("reply lines are JSON");
-        assert!(v.get("return").is_some() || v.get("error").is_some(), "{line}");
+        assert!(
+            v.get("return").is_some() || v.get("error").is_some(),
+            "{line}"
+        );
         assert!(line.is_ascii());
     }
 });

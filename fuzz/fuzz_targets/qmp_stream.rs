@@ -8,7 +8,10 @@ use netdevd_qmp::json::JsonStream;
 fuzz_target!(|data: &[u8]| {
     let mut whole = Vec::new();
     JsonStream::new().feed(data, &mut whole);
-    let cut = data.first().map(|b| *b as usize % (data.len() + 1)).unwrap_or(0);
+    let cut = data
+        .first()
+        .map(|b| *b as usize % (data.len() + 1))
+        .unwrap_or(0);
     let mut split = Vec::new();
     let mut s = JsonStream::new();
     s.feed(&data[..cut], &mut split);

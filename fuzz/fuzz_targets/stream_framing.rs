@@ -26,11 +26,20 @@ fn frames(pieces: &[&[u8]]) -> (Vec<Vec<u8>>, bool) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let cut = data.first().map(|b| *b as usize % (data.len() + 1)).unwrap_or(0);
+    let cut = data
+        .first()
+        .map(|b| *b as usize % (data.len() + 1))
+        .unwrap_or(0);
     assert_eq!(frames(&[data]), frames(&[&data[..cut], &data[cut..]]));
     if let Ok(s) = std::str::from_utf8(data) {
         // Only numeric hosts: a name would make the resolver send a query.
-        if !s.split(':').next().unwrap_or("").chars().any(|c| c.is_ascii_alphabetic()) {
+        if !s
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .any(|c| c.is_ascii_alphabetic())
+        {
             let _ = netdevd_backends::addr::parse_host_port(s);
         }
         let _ = netdevd_backends::addr::inet_aton(s);

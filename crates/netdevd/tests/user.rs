@@ -143,6 +143,63 @@ fn user_guest(dir: &TempDir, ns: &Netns, user_opts: &str) -> Proc {
     d
 }
 
+/// IPv6 on the link with the kernel's own stack as the client: SLAAC gives the namespace an
+/// address in fec0::/64 from netdevd's router advertisement (duplicate address detection
+/// passes: netdevd answers no probe), `rdisc6` (ndisc6) sees the prefix and the MTU, and
+/// `ping -6` reaches the gateway and the DNS address.
+#[test]
+fn ipv6_slaac_router_advert_and_ping_from_a_namespace() {
+    let dir = TempDir::new("user6");
+    let ns = Netns::new("user6");
+    let _d = user_guest(&dir, &ns, "user,id=u");
+    let mut addr = String::new();
+    for _ in 0..100 {
+        let (_, out) = sh(&ns, "ip -6 addr show dev tap0");
+        if out.contains("inet6 fec0::") && !out.contains("tentative") {
+            addr = out;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        addr.contains("/64"),
+        "no SLAAC address in fec0::/64: {addr}"
+    );
+    assert!(!addr.contains("dadfailed"), "{addr}");
+    let (ok, out) = sh(&ns, "rdisc6 -1 -r 3 -w 1000 tap0");
+    assert!(ok, "rdisc6: {out}");
+    assert!(out.contains("fec0::/64"), "rdisc6 saw no prefix: {out}");
+    assert!(
+        out.lines().any(|l| l.contains("MTU") && l.contains("1500")),
+        "rdisc6 saw no MTU: {out}"
+    );
+    for dst in ["fec0::2", "fec0::3"] {
+        let (ok, out) = sh(&ns, &format!("ping -6 -c 2 -W 2 {dst}"));
+        assert!(ok, "ping -6 {dst}: {out}");
+    }
+    // Another prefix, as the options give it.
+    drop(_d);
+    let dir2 = TempDir::new("user6b");
+    let ns2 = Netns::new("user6b");
+    let _d2 = user_guest(
+        &dir2,
+        &ns2,
+        "user,id=u,ipv6-prefix=fd00:1:2:3::,ipv6-prefixlen=64,ipv6-host=fd00:1:2:3::1",
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        let (_, out) = sh(&ns2, "ip -6 addr show dev tap0");
+        if out.contains("inet6 fd00:1:2:3:") && !out.contains("tentative") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "no SLAAC address in fd00:1:2:3::/64");
+    let (ok, out) = sh(&ns2, "ping -6 -c 1 -W 2 fd00:1:2:3::1");
+    assert!(ok, "ping -6 the configured host: {out}");
+}
+
 /// TCP from the namespace to servers on the host's loopback through 10.0.2.2: an HTTP
 /// download and an upload, checked byte for byte, and 200 connections at once.
 #[test]
