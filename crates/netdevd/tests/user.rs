@@ -143,15 +143,71 @@ fn user_guest(dir: &TempDir, ns: &Netns, user_opts: &str) -> Proc {
     d
 }
 
-/// IPv6 on the link with the kernel's own stack as the client: SLAAC gives the namespace an
-/// address in fec0::/64 from netdevd's router advertisement (duplicate address detection
-/// passes: netdevd answers no probe), `rdisc6` (ndisc6) sees the prefix and the MTU, and
-/// `ping -6` reaches the gateway and the DNS address.
+/// A dnsmasq answering `name.test` (A 10.1.2.3, AAAA 2001:db8::1234) on `addr` port 53.
+fn dnsmasq(dir: &TempDir, addr: &str) -> Proc {
+    Proc {
+        child: Command::new("dnsmasq")
+            .args([
+                "-k",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+                "--address=/name.test/10.1.2.3",
+                "--address=/name.test/2001:db8::1234",
+                "--log-facility=-",
+            ])
+            .arg(format!("--listen-address={addr}"))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path(&format!("dnsmasq-{addr}.pid")).display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian dnsmasq-base) must be installed"),
+    }
+}
+
+/// IPv6 with the kernel's own stack as the client: SLAAC gives the namespace an address in
+/// fec0::/64 from netdevd's router advertisement (duplicate address detection passes:
+/// netdevd answers no probe), `rdisc6` (ndisc6) sees the prefix, the MTU and the DNS server
+/// fec0::3, `ping -6` reaches the gateway and the DNS address, `dig @fec0::3 AAAA` is
+/// answered through a dnsmasq on the host's 127.0.0.x (an IPv4 upstream for an IPv6 query,
+/// which libslirp leaves unanswered) and through one on ::1, and UDP to fec0::2 reaches an
+/// echo server on the host's ::1.
 #[test]
-fn ipv6_slaac_router_advert_and_ping_from_a_namespace() {
+fn ipv6_slaac_router_advert_ping_dns_and_udp_from_a_namespace() {
     let dir = TempDir::new("user6");
     let ns = Netns::new("user6");
-    let _d = user_guest(&dir, &ns, "user,id=u");
+    let dns4 = format!("127.0.0.{}", 100 + (std::process::id() + 7) % 100);
+    let _dns4 = dnsmasq(&dir, &dns4);
+    let _dns6 = dnsmasq(&dir, "::1");
+    let echo = UdpSocket::bind("[::1]:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let sock = dir.path("n.sock");
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {dns4}\n")).unwrap();
+    let mut d = start_netdevd(
+        &sock,
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            "user,id=u,dnssearch=example.test",
+            "--netdev",
+            "hubport,id=up,hubid=0,netdev=u",
+        ],
+    );
+    hand_tap(&ns, &sock);
+    let (ok, out) = sh(&ns, "ip link set tap0 up");
+    assert!(ok, "{out}");
     let mut addr = String::new();
     for _ in 0..100 {
         let (_, out) = sh(&ns, "ip -6 addr show dev tap0");
@@ -173,12 +229,67 @@ fn ipv6_slaac_router_advert_and_ping_from_a_namespace() {
         out.lines().any(|l| l.contains("MTU") && l.contains("1500")),
         "rdisc6 saw no MTU: {out}"
     );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("Recursive DNS server") && l.contains("fec0::3")),
+        "rdisc6 saw no RDNSS: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("DNS search list") && l.contains("example.test")),
+        "rdisc6 saw no DNSSL: {out}"
+    );
     for dst in ["fec0::2", "fec0::3"] {
         let (ok, out) = sh(&ns, &format!("ping -6 -c 2 -W 2 {dst}"));
         assert!(ok, "ping -6 {dst}: {out}");
     }
+    let (ok, out) = sh(&ns, "dig +short +time=2 +tries=2 @fec0::3 AAAA name.test");
+    assert!(
+        ok && out.trim() == "2001:db8::1234",
+        "dig through an IPv4 upstream: {out}"
+    );
+    let (ok, out) = sh(
+        &ns,
+        &format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(b'over six', ('fec0::2', {echo_port})); print(s.recv(100).decode())\""
+        ),
+    );
+    assert!(ok && out.contains("over six"), "UDP echo over IPv6: {out}");
+    // Through an IPv6 upstream: the same netdevd options, resolv.conf naming ::1.
+    drop(d);
+    std::fs::write(&resolv, "nameserver ::1\n").unwrap();
+    d = start_netdevd(
+        &sock,
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            "user,id=u",
+            "--netdev",
+            "hubport,id=up,hubid=0,netdev=u",
+        ],
+    );
+    let ns1 = Netns::new("user6a");
+    hand_tap(&ns1, &sock);
+    let (ok, out) = sh(&ns1, "ip link set tap0 up");
+    assert!(ok, "{out}");
+    let mut ready = false;
+    for _ in 0..100 {
+        let (_, out) = sh(&ns1, "ip -6 addr show dev tap0");
+        if out.contains("inet6 fec0::") && !out.contains("tentative") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "no SLAAC address the second time");
+    let (ok, out) = sh(&ns1, "dig +short +time=2 +tries=2 @fec0::3 A name.test");
+    assert!(
+        ok && out.trim() == "10.1.2.3",
+        "dig through an IPv6 upstream: {out}"
+    );
     // Another prefix, as the options give it.
-    drop(_d);
+    drop(d);
     let dir2 = TempDir::new("user6b");
     let ns2 = Netns::new("user6b");
     let _d2 = user_guest(

@@ -7,9 +7,9 @@
 //!   MAC that no guest can starve); UDP and TCP translated onto host sockets (the gateway
 //!   address stands for the host's loopback, the DNS address for the upstream resolver),
 //!   with hostfwd/guestfwd driven by the embedder; read-only TFTP ([`tftp`]); `restrict`.
-//! - done (IPv6, on the link): NDP for the stack's addresses, router advertisements for
-//!   SLAAC, ICMPv6 echo to the stack's addresses.
-//! - not yet: DHCPv6, TCP/UDP/ICMPv6 over IPv6 onto host sockets, smb.
+//! - done (IPv6): NDP for the stack's addresses, router advertisements for SLAAC with
+//!   RDNSS/DNSSL, ICMPv6 echo to the stack's addresses, UDP (and so DNS) over IPv6.
+//! - not yet: DHCPv6, TCP and ICMPv6 to other hosts over IPv6, smb.
 //!
 //! The protocol logic is sans-IO ([`stack::Stack`]): it takes frames and datagrams and
 //! returns frames; host sockets are opened through the [`stack::HostIo`] trait by whoever

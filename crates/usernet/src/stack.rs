@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use netdevd_wire::packet::{
@@ -33,8 +33,8 @@ use netdevd_wire::packet::{
 };
 
 use netdevd_wire::ipv6::{
-    icmpv6_frame, multicast_mac, neighbor_advert, Icmpv6, Ipv6, Ndp, RouterAdvert, ALL_NODES,
-    PROTO_ICMPV6,
+    icmpv6_frame, multicast_mac, neighbor_advert, udp6_frame, udp6_parse, Icmpv6, Ipv6, Ndp,
+    RouterAdvert, ALL_NODES, PROTO_ICMPV6,
 };
 
 use crate::config::{Config, GuestFwdTarget};
@@ -299,8 +299,8 @@ pub struct Stack {
     /// TCP flows with data to send that stopped at [`TCP_QUEUE_BYTES`].
     blocked: Vec<FlowId>,
     flows: HashMap<FlowId, UdpFlow>,
-    by_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
-    by_icmp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    by_key: HashMap<(SocketAddr, SocketAddr), FlowId>,
+    by_icmp_key: HashMap<(SocketAddr, SocketAddr), FlowId>,
     tcp: HashMap<FlowId, TcpFlow>,
     by_tcp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     tftp: Option<TftpServer>,
@@ -433,7 +433,7 @@ impl Stack {
             ETHERTYPE_ARP => self.arp(rest),
             ETHERTYPE_IPV4 => self.ipv4(eth, rest, verify, now, io),
             ETHERTYPE_IPV6 if !self.cfg.ipv6 => self.drop_frame(DropReason::Ipv6Off),
-            ETHERTYPE_IPV6 => self.ipv6(eth, rest, now),
+            ETHERTYPE_IPV6 => self.ipv6(eth, rest, verify, now, io),
             _ => self.drop_frame(DropReason::OtherEthertype),
         }
     }

@@ -9,11 +9,12 @@
 //! - [`Ndp`] reads the Neighbor Discovery messages a host sends (router and neighbor
 //!   solicitations, neighbor advertisements) with their options; [`RouterAdvert`] and
 //!   [`neighbor_advert`] build what a router answers.
+//! - [`udp6_parse`] and [`udp6_frame`]: UDP over IPv6 (checksum mandatory).
 
 use std::net::Ipv6Addr;
 
 use crate::checksum;
-use crate::packet::{Eth, ETHERTYPE_IPV6};
+use crate::packet::{Eth, Udp, ETHERTYPE_IPV6, PROTO_UDP};
 
 pub const IPV6_HLEN: usize = 40;
 pub const PROTO_ICMPV6: u8 = 58;
@@ -148,6 +149,66 @@ pub fn icmpv6_frame(
     let acc = checksum::pseudo_v6(&ip.src.octets(), &ip.dst.octets(), PROTO_ICMPV6, len);
     let c = checksum::finish(checksum::sum(&f[start..], acc));
     f[start + 2..start + 4].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A UDP datagram of the IPv6 packet `ip`: header and payload. The checksum is mandatory
+/// over IPv6 (RFC 8200 §8.1): zero or wrong is `None`, unless `verify` is false (a frame
+/// whose checksum the sender left to be filled in).
+pub fn udp6_parse<'a>(ip: &Ipv6, p: &'a [u8], verify: bool) -> Option<(Udp, &'a [u8])> {
+    let h = p.get(..8)?;
+    let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if len < 8 || len > p.len() {
+        return None;
+    }
+    if verify {
+        let acc = checksum::pseudo_v6(&ip.src.octets(), &ip.dst.octets(), PROTO_UDP, len);
+        if h[6..8] == [0, 0] || checksum::fold(checksum::sum(&p[..len], acc)) != 0xffff {
+            return None;
+        }
+    }
+    Some((
+        Udp {
+            src_port: u16::from_be_bytes([h[0], h[1]]),
+            dst_port: u16::from_be_bytes([h[2], h[3]]),
+        },
+        &p[8..len],
+    ))
+}
+
+/// A whole Ethernet + IPv6 + UDP frame, checksum filled in.
+pub fn udp6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    ip: Ipv6,
+    udp: Udp,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut f = Vec::with_capacity(14 + IPV6_HLEN + len);
+    Eth {
+        dst: eth_dst,
+        src: eth_src,
+        ethertype: ETHERTYPE_IPV6,
+    }
+    .write(&mut f);
+    Ipv6 {
+        proto: PROTO_UDP,
+        ..ip
+    }
+    .write(len, &mut f);
+    let u = f.len();
+    f.extend_from_slice(&udp.src_port.to_be_bytes());
+    f.extend_from_slice(&udp.dst_port.to_be_bytes());
+    f.extend_from_slice(&(len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    let acc = checksum::pseudo_v6(&ip.src.octets(), &ip.dst.octets(), PROTO_UDP, len);
+    let mut c = checksum::finish(checksum::sum(&f[u..], acc));
+    if c == 0 {
+        c = 0xffff;
+    }
+    f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
     f
 }
 
@@ -401,6 +462,32 @@ mod tests {
         let mut bad = p.clone();
         bad[6] ^= 1;
         assert!(Icmpv6::parse(&got, &bad).is_none());
+    }
+
+    #[test]
+    fn udp6_round_trip_and_mandatory_checksum() {
+        let ip = Ipv6 {
+            src: GUEST,
+            dst: HOST,
+            proto: PROTO_UDP,
+            hop_limit: 64,
+        };
+        let udp = Udp {
+            src_port: 5353,
+            dst_port: 53,
+        };
+        let f = udp6_frame([2; 6], [4; 6], ip, udp, b"query");
+        let (got, p) = packet(&f);
+        assert_eq!(got.proto, PROTO_UDP);
+        assert_eq!(udp6_parse(&got, &p, true), Some((udp, &b"query"[..])));
+        let mut zero = p.clone();
+        zero[6..8].copy_from_slice(&[0, 0]);
+        assert!(udp6_parse(&got, &zero, true).is_none());
+        assert!(udp6_parse(&got, &zero, false).is_some());
+        let mut bad = p.clone();
+        bad[9] ^= 1;
+        assert!(udp6_parse(&got, &bad, true).is_none());
+        assert!(udp6_parse(&got, &p[..7], false).is_none());
     }
 
     #[test]

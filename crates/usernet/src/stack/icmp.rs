@@ -23,14 +23,16 @@ impl Stack {
     /// (guest, identifier, destination).
     pub(super) fn icmp_out(&mut self, ip: Ipv4, p: &[u8], now: Instant, io: &mut dyn HostIo) {
         let echo_id = u16::from_be_bytes([p[4], p[5]]);
-        let guest = SocketAddrV4::new(ip.src, echo_id);
-        let remote = SocketAddrV4::new(ip.dst, 0);
+        let guest = SocketAddr::V4(SocketAddrV4::new(ip.src, echo_id));
+        let remote = SocketAddr::V4(SocketAddrV4::new(ip.dst, 0));
         let id = match self.by_icmp_key.get(&(guest, remote)) {
             Some(&id) => id,
             None => {
                 let dst = ip.dst;
-                if self.cfg.restrict
-                    || self.cfg.contains(dst)
+                if self.cfg.restrict {
+                    return self.drop_frame(DropReason::Restricted);
+                }
+                if self.cfg.contains(dst)
                     || dst.is_broadcast()
                     || dst.is_multicast()
                     || dst.is_unspecified()
@@ -80,7 +82,10 @@ impl Stack {
         }
         let mut reply = data.to_vec();
         reply[4..6].copy_from_slice(&flow.guest.port().to_be_bytes());
-        let (eth, ip) = self.headers_to_guest(mac, *flow.remote.ip(), *flow.guest.ip(), PROTO_ICMP);
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (flow.remote.ip(), flow.guest.ip()) else {
+            return;
+        };
+        let (eth, ip) = self.headers_to_guest(mac, src, dst, PROTO_ICMP);
         self.push(icmp_frame(eth, ip, &reply));
     }
 }

@@ -1,17 +1,28 @@
 //! IPv6 from the guest: the packet checked (extension headers walked), the guest's source
 //! address learnt, ICMPv6 handed to NDP ([`super::ndp`]) or answered when it is an echo
-//! request to one of the stack's addresses. TCP and UDP over IPv6 are not translated yet:
-//! counted and dropped.
+//! request to one of the stack's addresses, UDP translated by the flow table both families
+//! share ([`super::udp`]; DNS to `ipv6_dns` goes to the upstream resolver whatever its
+//! family). TCP over IPv6 is not translated yet: counted and dropped.
 
 use super::*;
 
 impl Stack {
-    pub(super) fn ipv6(&mut self, eth: Eth, p: &[u8], now: Instant) {
+    pub(super) fn ipv6(
+        &mut self,
+        eth: Eth,
+        p: &[u8],
+        verify: bool,
+        now: Instant,
+        io: &mut dyn HostIo,
+    ) {
         let Some((ip, payload)) = Ipv6::parse(p) else {
             return self.drop_frame(DropReason::BadIpv6);
         };
         if !ip.src.is_unspecified() && !ip.src.is_multicast() {
             self.learn_guest6(ip.src);
+        }
+        if ip.proto == PROTO_UDP {
+            return self.udp6(ip, payload, verify, now, io);
         }
         if ip.proto != PROTO_ICMPV6 {
             return self.drop_frame(DropReason::Ipv6NotYet);
@@ -39,5 +50,39 @@ impl Stack {
             // Router advertisements of other routers, MLD reports, errors: nothing to do.
             _ => self.drop_frame(DropReason::OtherIcmpv6),
         }
+    }
+
+    fn udp6(&mut self, ip: Ipv6, p: &[u8], verify: bool, now: Instant, io: &mut dyn HostIo) {
+        let Some((udp, data)) = udp6_parse(&ip, p, verify) else {
+            return self.drop_frame(DropReason::BadUdp);
+        };
+        if ip.src.is_unspecified() || ip.dst.is_multicast() {
+            return self.drop_frame(DropReason::Unroutable);
+        }
+        let guest = SocketAddr::V6(SocketAddrV6::new(ip.src, udp.src_port, 0, 0));
+        let remote = SocketAddr::V6(SocketAddrV6::new(ip.dst, udp.dst_port, 0, 0));
+        self.udp_datagram(guest, remote, data, now, io);
+    }
+
+    /// A datagram of an IPv6 flow toward the guest.
+    pub(super) fn udp6_to_guest(
+        &mut self,
+        mac: [u8; 6],
+        remote: SocketAddrV6,
+        guest: SocketAddrV6,
+        udp: Udp,
+        data: &[u8],
+    ) {
+        // No fragmentation: what does not fit the MTU is dropped.
+        if data.len() + 48 > self.cfg.mtu as usize {
+            return self.stats.drop(DropReason::TooBigForGuest);
+        }
+        let ip = Ipv6 {
+            src: *remote.ip(),
+            dst: *guest.ip(),
+            proto: PROTO_UDP,
+            hop_limit: 64,
+        };
+        self.push(udp6_frame(mac, GATEWAY_MAC, ip, udp, data));
     }
 }

@@ -5,14 +5,19 @@
 //! answered at once, and an unsolicited advertisement goes out when the guest is first
 //! heard from and every [`RA_INTERVAL`] after (libslirp's first comes after minutes).
 //!
-//! The advertisement carries the prefix (on-link, autonomous: SLAAC) and the MTU. Until
-//! TCP and UDP over IPv6 are translated, it offers no default route and no RDNSS: a guest
-//! would otherwise send its IPv6 traffic and DNS queries to a router that drops them.
+//! The advertisement carries the prefix (on-link, autonomous: SLAAC), the MTU, and — unless
+//! `restrict` — RDNSS with `ipv6_dns` (whatever family the upstream resolvers are: queries
+//! to it are relayed to them) and DNSSL from `dnssearch` (RFC 8106). Until TCP over IPv6 is
+//! translated it offers no default route (router lifetime 0): a guest would otherwise send
+//! its IPv6 connections to a router that drops them.
 
 use super::*;
 
 /// Unsolicited router advertisements, this often.
 pub const RA_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the advertised DNS server and search list stay valid (RFC 8106 §5.1 asks for
+/// at least three advertisement intervals).
+pub const DNS_LIFETIME: u32 = 1800;
 /// The router's link-local address (libslirp's too).
 pub const LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 /// Guest IPv6 addresses remembered (the newest replace the oldest).
@@ -81,9 +86,17 @@ impl Stack {
             prefix_len: self.cfg.ipv6_prefixlen,
             valid_lifetime: 86400,
             preferred_lifetime: 14400,
-            rdnss: Vec::new(),
-            dns_lifetime: 0,
-            dnssl: Vec::new(),
+            rdnss: if self.cfg.restrict {
+                Vec::new()
+            } else {
+                vec![self.cfg.ipv6_dns]
+            },
+            dns_lifetime: DNS_LIFETIME,
+            dnssl: if self.cfg.restrict {
+                Vec::new()
+            } else {
+                self.cfg.dnssearch.clone()
+            },
         };
         let ip = Ipv6 {
             src: LINK_LOCAL,

@@ -54,7 +54,7 @@ impl Stack {
 
     /// Where a guest connection to `remote` goes on the host, if anywhere.
     pub(super) fn tcp_target(&self, remote: SocketAddrV4) -> Option<SocketAddr> {
-        self.target(remote)
+        self.target(SocketAddr::V4(remote))
     }
 
     pub(super) fn tcp_from_guest(

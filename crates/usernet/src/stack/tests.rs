@@ -1005,3 +1005,92 @@ fn ipv6_off_and_the_first_advertisement() {
     assert_eq!(got[0].1, Icmpv6::ROUTER_ADVERT);
     assert_eq!(s.next_deadline(), Some(now + super::ndp::RA_INTERVAL));
 }
+
+fn guest_udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    let ip = Ipv6 {
+        src,
+        dst,
+        proto: PROTO_UDP,
+        hop_limit: 64,
+    };
+    let udp = Udp {
+        src_port: sport,
+        dst_port: dport,
+    };
+    udp6_frame(GATEWAY_MAC, GUEST, ip, udp, data)
+}
+
+#[test]
+fn udp_over_ipv6_shares_the_flow_table() {
+    let mut s6 = Stack::new(Config {
+        dns_upstream: vec!["127.0.0.2:53".parse().unwrap()],
+        ..Config::default()
+    });
+    let mut h = FakeHost::default();
+    let now = Instant::now();
+    let me: Ipv6Addr = "fec0::5054:ff:fe12:3456".parse().unwrap();
+    let dns: Ipv6Addr = "fec0::3".parse().unwrap();
+    // DNS to the IPv6 DNS address goes to the upstream resolver, an IPv4 one here.
+    s6.from_guest(&guest_udp6(me, dns, 5353, 53, b"query"), now, &mut h);
+    // Any other prefix address stands for the host's ::1; outside, itself.
+    s6.from_guest(
+        &guest_udp6(me, "fec0::2".parse().unwrap(), 4000, 7, b"echo"),
+        now,
+        &mut h,
+    );
+    s6.from_guest(
+        &guest_udp6(me, "fec0::99".parse().unwrap(), 4001, 7, b"echo"),
+        now,
+        &mut h,
+    );
+    s6.from_guest(
+        &guest_udp6(me, "2001:db8::1".parse().unwrap(), 4002, 9, b"out"),
+        now,
+        &mut h,
+    );
+    // Link-local and multicast destinations lead nowhere.
+    s6.from_guest(
+        &guest_udp6(me, "fe80::1".parse().unwrap(), 4003, 9, b"x"),
+        now,
+        &mut h,
+    );
+    s6.from_guest(
+        &guest_udp6(me, "ff02::fb".parse().unwrap(), 5353, 5353, b"mdns"),
+        now,
+        &mut h,
+    );
+    let targets: Vec<SocketAddr> = h.open.values().copied().collect();
+    assert_eq!(
+        targets,
+        vec![
+            "127.0.0.2:53".parse().unwrap(),
+            "[::1]:7".parse().unwrap(),
+            "[::1]:7".parse().unwrap(),
+            "[2001:db8::1]:9".parse().unwrap(),
+        ]
+    );
+    assert_eq!(s6.stats.drops[DropReason::Unroutable as usize], 2);
+    // A second datagram of a flow uses its socket; the reply comes back over IPv6 from
+    // the address the guest sent to.
+    s6.from_guest(&guest_udp6(me, dns, 5353, 53, b"again"), now, &mut h);
+    let (&dns_id, _) = h.open.iter().next().unwrap();
+    assert_eq!(h.sent.iter().filter(|(id, _)| *id == dns_id).count(), 2);
+    while s6.pop_frame().is_some() {}
+    s6.from_host(dns_id, b"answer", now);
+    let f = s6.pop_frame().unwrap();
+    let (eth, rest) = Eth::parse(&f).unwrap();
+    assert_eq!(eth.dst, GUEST);
+    let (ip, p) = Ipv6::parse(rest).unwrap();
+    assert_eq!((ip.src, ip.dst), (dns, me));
+    let (u, d) = udp6_parse(&ip, p, true).unwrap();
+    assert_eq!((u.src_port, u.dst_port, d), (53, 5353, &b"answer"[..]));
+    // Restricted guests open no IPv6 flows either.
+    let mut r = Stack::new(Config {
+        restrict: true,
+        ..Config::default()
+    });
+    let mut h2 = FakeHost::default();
+    r.from_guest(&guest_udp6(me, dns, 5353, 53, b"query"), now, &mut h2);
+    assert!(h2.open.is_empty());
+    assert_eq!(r.stats.drops[DropReason::Restricted as usize], 1);
+}

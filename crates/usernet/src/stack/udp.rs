@@ -1,6 +1,7 @@
 //! UDP translated onto host sockets, and the flow table UDP and ICMP echo share: one
-//! connected host socket per (guest address, remote address); the gateway stands for the
-//! host's loopback, the DNS address's port 53 for the first upstream resolver. Also the
+//! connected host socket per (guest address, remote address), IPv4 and IPv6 alike; the
+//! gateway stands for the host's loopback, the DNS address's port 53 for the first upstream
+//! resolver (of either family). Also the
 //! datagrams of host-side forwards (`udp_inbound`) and everything host sockets hand back
 //! (`from_host`).
 
@@ -8,9 +9,9 @@ use super::*;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct UdpFlow {
-    pub(super) guest: SocketAddrV4,
+    pub(super) guest: SocketAddr,
     /// The remote end as the guest sees it.
-    pub(super) remote: SocketAddrV4,
+    pub(super) remote: SocketAddr,
     pub(super) last: Instant,
     pub(super) idle: Duration,
     /// An ICMP echo flow: `guest` holds the guest's echo identifier as its port, `remote`
@@ -43,9 +44,21 @@ impl Stack {
             }
             return;
         }
-        let guest = SocketAddrV4::new(ip.src, udp.src_port);
-        let remote = SocketAddrV4::new(ip.dst, udp.dst_port);
         let _ = eth;
+        let guest = SocketAddr::V4(SocketAddrV4::new(ip.src, udp.src_port));
+        let remote = SocketAddr::V4(SocketAddrV4::new(ip.dst, udp.dst_port));
+        self.udp_datagram(guest, remote, data, now, io);
+    }
+
+    /// A datagram from the guest, either family, for its flow (opened if need be).
+    pub(super) fn udp_datagram(
+        &mut self,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        io: &mut dyn HostIo,
+    ) {
         let id = match self.by_key.get(&(guest, remote)) {
             Some(&id) => id,
             // Restricted guests open no flows; answers on forwarded ones still go.
@@ -67,7 +80,7 @@ impl Stack {
     pub(super) fn flow_keys(
         &mut self,
         icmp: bool,
-    ) -> &mut HashMap<(SocketAddrV4, SocketAddrV4), FlowId> {
+    ) -> &mut HashMap<(SocketAddr, SocketAddr), FlowId> {
         if icmp {
             &mut self.by_icmp_key
         } else {
@@ -91,7 +104,14 @@ impl Stack {
     }
 
     /// Where a guest datagram to `remote` goes on the host, if anywhere.
-    pub(super) fn target(&self, remote: SocketAddrV4) -> Option<SocketAddr> {
+    pub(super) fn target(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        match remote {
+            SocketAddr::V4(r) => self.target4(r),
+            SocketAddr::V6(r) => self.target6(r),
+        }
+    }
+
+    fn target4(&self, remote: SocketAddrV4) -> Option<SocketAddr> {
         let ip = *remote.ip();
         if ip == self.cfg.host {
             return Some(SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port())));
@@ -109,8 +129,8 @@ impl Stack {
 
     pub(super) fn open_flow(
         &mut self,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         now: Instant,
         io: &mut dyn HostIo,
     ) -> Option<FlowId> {
@@ -128,7 +148,7 @@ impl Stack {
             self.stats.refused += 1;
             return None;
         }
-        let idle = if *remote.ip() == self.cfg.dns {
+        let idle = if self.is_dns(remote.ip()) {
             DNS_IDLE
         } else {
             UDP_IDLE
@@ -157,7 +177,8 @@ impl Stack {
         data: &[u8],
         now: Instant,
     ) -> Option<(FlowId, bool)> {
-        let remote = SocketAddrV4::new(self.cfg.host, client_port);
+        let guest = SocketAddr::V4(guest);
+        let remote = SocketAddr::V4(SocketAddrV4::new(self.cfg.host, client_port));
         let (id, new) = match self.by_key.get(&(guest, remote)) {
             Some(&id) => (id, false),
             None => {
@@ -191,7 +212,10 @@ impl Stack {
         flow.last = now;
         let flow = *flow;
         let Some(mac) = self.guest_mac else {
-            return self.who_has(*flow.guest.ip());
+            if let SocketAddr::V4(g) = flow.guest {
+                self.who_has(*g.ip());
+            }
+            return;
         };
         if flow.icmp {
             return self.icmp_reply(flow, mac, data);
@@ -200,12 +224,49 @@ impl Stack {
             src_port: flow.remote.port(),
             dst_port: flow.guest.port(),
         };
-        // Datagrams larger than one frame would need IP fragmentation: not done, dropped.
-        if data.len() + 28 > self.cfg.mtu as usize {
-            self.stats.drop(DropReason::TooBigForGuest);
-            return;
+        match (flow.remote, flow.guest) {
+            (SocketAddr::V4(r), SocketAddr::V4(g)) => {
+                // Datagrams larger than one frame would need IP fragmentation: not done,
+                // dropped.
+                if data.len() + 28 > self.cfg.mtu as usize {
+                    return self.stats.drop(DropReason::TooBigForGuest);
+                }
+                let (eth, ip) = self.headers_to_guest(mac, *r.ip(), *g.ip(), PROTO_UDP);
+                self.push(udp_frame(eth, ip, udp, data));
+            }
+            (SocketAddr::V6(r), SocketAddr::V6(g)) => self.udp6_to_guest(mac, r, g, udp, data),
+            _ => {}
         }
-        let (eth, ip) = self.headers_to_guest(mac, *flow.remote.ip(), *flow.guest.ip(), PROTO_UDP);
-        self.push(udp_frame(eth, ip, udp, data));
+    }
+
+    /// Whether `a` is one of the stack's DNS addresses.
+    pub(super) fn is_dns(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => a == self.cfg.dns,
+            IpAddr::V6(a) => a == self.cfg.ipv6_dns,
+        }
+    }
+
+    /// As libslirp: every address of the prefix but the DNS one stands for the host's
+    /// `::1`; the DNS address's port 53 for the first upstream resolver (of either family);
+    /// link-local, multicast and loopback lead nowhere; the rest is itself.
+    fn target6(&self, remote: SocketAddrV6) -> Option<SocketAddr> {
+        let ip = *remote.ip();
+        if ip == self.cfg.ipv6_dns {
+            return (remote.port() == 53)
+                .then(|| self.cfg.dns_upstream.first().copied())
+                .flatten();
+        }
+        if self.cfg.in_prefix6(ip) {
+            return Some(SocketAddr::from((Ipv6Addr::LOCALHOST, remote.port())));
+        }
+        if ip.is_multicast()
+            || ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_unicast_link_local()
+        {
+            return None;
+        }
+        Some(SocketAddr::V6(remote))
     }
 }
