@@ -255,6 +255,38 @@ fn ipv6_slaac_router_advert_ping_dns_and_udp_from_a_namespace() {
         ),
     );
     assert!(ok && out.contains("over six"), "UDP echo over IPv6: {out}");
+    // ISC dhclient, stateless: it takes the reply only with a Server Identifier. Its own
+    // script would rewrite the machine's resolv.conf; ours only records what it got.
+    let script = dir.path("dhclient6.sh");
+    let got = dir.path("dhclient6.out");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv | grep -E '^(reason|new_dhcp6_)' >> {}\n",
+            got.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let (_, out) = sh(
+        &ns,
+        &format!(
+            "timeout 8 dhclient -6 -S -d -v -sf {} -lf {} -pf {} tap0 2>&1",
+            script.display(),
+            dir.path("dhclient6.leases").display(),
+            dir.path("dhclient6.pid").display()
+        ),
+    );
+    let env = std::fs::read_to_string(&got).unwrap_or_default();
+    assert!(
+        env.contains("new_dhcp6_name_servers=fec0::3")
+            && env.contains("new_dhcp6_domain_search=example.test"),
+        "dhclient -6 -S got no DNS: {env}\n{out}"
+    );
     // Through an IPv6 upstream: the same netdevd options, resolv.conf naming ::1.
     drop(d);
     std::fs::write(&resolv, "nameserver ::1\n").unwrap();

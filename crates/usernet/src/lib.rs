@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod stack;
 pub mod tcp;
 pub mod tftp;

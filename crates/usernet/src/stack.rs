@@ -177,6 +177,9 @@ pub enum DropReason {
     BadNdp,
     /// ICMPv6 the stack has no use for (other routers' advertisements, MLD, errors).
     OtherIcmpv6,
+    /// A DHCPv6 message the stateless server does not answer (Solicit, malformed, for
+    /// another server).
+    OtherDhcpv6,
     /// IPv6 the stack does not serve yet (TCP, UDP, echo to other hosts).
     Ipv6NotYet,
     /// Neither ARP nor IP.
@@ -196,7 +199,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::BadEthernet,
         DropReason::BadOffload,
         DropReason::BadArp,
@@ -210,6 +213,7 @@ impl DropReason {
         DropReason::BadIcmpv6,
         DropReason::BadNdp,
         DropReason::OtherIcmpv6,
+        DropReason::OtherDhcpv6,
         DropReason::Ipv6NotYet,
         DropReason::OtherEthertype,
         DropReason::OtherIpProto,
@@ -236,6 +240,7 @@ impl DropReason {
             DropReason::BadIcmpv6 => "bad-icmpv6",
             DropReason::BadNdp => "bad-ndp",
             DropReason::OtherIcmpv6 => "other-icmpv6",
+            DropReason::OtherDhcpv6 => "other-dhcpv6",
             DropReason::Ipv6NotYet => "ipv6-not-yet",
             DropReason::OtherEthertype => "other-ethertype",
             DropReason::OtherIpProto => "other-ip-protocol",

@@ -341,6 +341,8 @@ pub fn neighbor_advert(target: Ipv6Addr, mac: [u8; 6], solicited: bool) -> Vec<u
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterAdvert {
     pub hop_limit: u8,
+    /// The O flag: other configuration (DNS) is available by stateless DHCPv6.
+    pub other_config: bool,
     /// Router lifetime, seconds (0: not a default router).
     pub router_lifetime: u16,
     pub source_ll: [u8; 6],
@@ -360,7 +362,7 @@ pub struct RouterAdvert {
 impl RouterAdvert {
     /// The ICMPv6 body (after type, code and checksum).
     pub fn body(&self) -> Vec<u8> {
-        let mut b = vec![self.hop_limit, 0];
+        let mut b = vec![self.hop_limit, if self.other_config { 0x40 } else { 0 }];
         b.extend_from_slice(&self.router_lifetime.to_be_bytes());
         b.extend_from_slice(&[0; 8]); // reachable time, retrans timer: unspecified
         b.extend_from_slice(&[OPT_SOURCE_LL, 1]);
@@ -401,7 +403,7 @@ pub fn mask6(a: Ipv6Addr, len: u8) -> Ipv6Addr {
 
 /// Domain names in DNS wire format (RFC 1035 §3.1, no compression), one after another,
 /// at most 255 option bytes' worth (an option's length is a byte of 8-byte units).
-fn dns_names(names: &[String]) -> Vec<u8> {
+pub fn dns_names(names: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     for n in names {
         let mut enc = Vec::new();
@@ -622,6 +624,7 @@ mod tests {
     fn router_advert_layout() {
         let ra = RouterAdvert {
             hop_limit: 64,
+            other_config: true,
             router_lifetime: 1800,
             source_ll: [0x52, 0x55, 10, 0, 2, 2],
             mtu: 1500,
@@ -634,7 +637,7 @@ mod tests {
             dnssl: vec!["example.test".into(), "bad..name".into()],
         };
         let b = ra.body();
-        assert_eq!(&b[..4], &[64, 0, 0x07, 0x08]);
+        assert_eq!(&b[..4], &[64, 0x40, 0x07, 0x08]);
         let opts = &b[12..];
         assert_eq!(&opts[..2], &[OPT_SOURCE_LL, 1]);
         assert_eq!(&opts[8..16], &[OPT_MTU, 1, 0, 0, 0, 0, 0x05, 0xdc]);

@@ -2,9 +2,11 @@
 //! address learnt, ICMPv6 handed to NDP ([`super::ndp`]) or answered when it is an echo
 //! request to one of the stack's addresses, UDP translated by the flow table both families
 //! share ([`super::udp`]; DNS to `ipv6_dns` goes to the upstream resolver whatever its
-//! family). TCP over IPv6 is not translated yet: counted and dropped.
+//! family), stateless DHCPv6 ([`crate::dhcpv6`]) answered. TCP over IPv6 is not translated
+//! yet: counted and dropped.
 
 use super::*;
+use crate::dhcpv6;
 
 impl Stack {
     pub(super) fn ipv6(
@@ -22,7 +24,7 @@ impl Stack {
             self.learn_guest6(ip.src);
         }
         if ip.proto == PROTO_UDP {
-            return self.udp6(ip, payload, verify, now, io);
+            return self.udp6(eth, ip, payload, verify, now, io);
         }
         if ip.proto != PROTO_ICMPV6 {
             return self.drop_frame(DropReason::Ipv6NotYet);
@@ -52,10 +54,23 @@ impl Stack {
         }
     }
 
-    fn udp6(&mut self, ip: Ipv6, p: &[u8], verify: bool, now: Instant, io: &mut dyn HostIo) {
+    fn udp6(
+        &mut self,
+        eth: Eth,
+        ip: Ipv6,
+        p: &[u8],
+        verify: bool,
+        now: Instant,
+        io: &mut dyn HostIo,
+    ) {
         let Some((udp, data)) = udp6_parse(&ip, p, verify) else {
             return self.drop_frame(DropReason::BadUdp);
         };
+        if udp.dst_port == dhcpv6::SERVER_PORT
+            && (ip.dst == ALL_DHCP_AGENTS || self.is_ours6(ip.dst))
+        {
+            return self.dhcpv6(eth, ip, udp, data);
+        }
         if ip.src.is_unspecified() || ip.dst.is_multicast() {
             return self.drop_frame(DropReason::Unroutable);
         }
@@ -85,4 +100,26 @@ impl Stack {
         };
         self.push(udp6_frame(mac, GATEWAY_MAC, ip, udp, data));
     }
+
+    /// Stateless DHCPv6, answered from the router's link-local address (served to a
+    /// restricted guest too, without DNS).
+    fn dhcpv6(&mut self, eth: Eth, ip: Ipv6, udp: Udp, data: &[u8]) {
+        let Some(reply) = dhcpv6::reply(&self.cfg, GATEWAY_MAC, data) else {
+            return self.drop_frame(DropReason::OtherDhcpv6);
+        };
+        let out = Ipv6 {
+            src: super::ndp::LINK_LOCAL,
+            dst: ip.src,
+            proto: PROTO_UDP,
+            hop_limit: 64,
+        };
+        let u = Udp {
+            src_port: dhcpv6::SERVER_PORT,
+            dst_port: udp.src_port,
+        };
+        self.push(udp6_frame(eth.src, GATEWAY_MAC, out, u, &reply));
+    }
 }
+
+/// All DHCP relay agents and servers, ff02::1:2.
+const ALL_DHCP_AGENTS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);

@@ -8,7 +8,8 @@
 //! The advertisement carries the prefix (on-link, autonomous: SLAAC), the MTU, and — unless
 //! `restrict` — RDNSS with `ipv6_dns` (whatever family the upstream resolvers are: queries
 //! to it are relayed to them) and DNSSL from `dnssearch` (RFC 8106). Until TCP over IPv6 is
-//! translated it offers no default route (router lifetime 0): a guest would otherwise send
+//! The O flag says stateless DHCPv6 ([`crate::dhcpv6`]) has the same DNS information. Until
+//! TCP over IPv6 is translated it offers no default route (router lifetime 0): a guest would otherwise send
 //! its IPv6 connections to a router that drops them.
 
 use super::*;
@@ -79,6 +80,7 @@ impl Stack {
         self.next_ra = Some(now + RA_INTERVAL);
         let ra = RouterAdvert {
             hop_limit: 64,
+            other_config: true,
             router_lifetime: 0,
             source_ll: GATEWAY_MAC,
             mtu: u32::from(self.cfg.mtu),
