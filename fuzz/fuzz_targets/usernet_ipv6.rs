@@ -1,5 +1,6 @@
 //! IPv6 from the guest: the IPv6 view and its extension-header chains on raw bytes, NDP
-//! messages read directly (no checksum to get right), and the stack fed well-formed IPv6
+//! messages read directly (no checksum to get right), the stateless DHCPv6 server on the
+//! raw bytes, and the stack fed well-formed IPv6
 //! frames around the input: any next header with the input as its chain, and ICMPv6 of
 //! any type with a correct checksum (NDP with hop limit 255, echo, the rest). Nothing may
 //! panic, and the stack answers at most one frame per ICMPv6 message.
@@ -52,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let mut host = Host;
     let mut s = Stack::new(Config::default());
+    let _ = netdevd_usernet::dhcpv6::reply(&Config::default(), GW_MAC, data);
     // Raw bytes: as an IPv6 packet, and behind an Ethernet header into the stack.
     if let Some((ip, rest)) = Ipv6::parse(data) {
         let _ = Icmpv6::parse(&ip, rest);
