@@ -7,7 +7,7 @@
 #![no_main]
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
@@ -26,7 +26,7 @@ impl HostIo for Host {
         Ok(())
     }
     fn udp_close(&mut self, _id: FlowId) {}
-    fn icmp_open(&mut self, _id: FlowId, _t: Ipv4Addr) -> io::Result<()> {
+    fn icmp_open(&mut self, _id: FlowId, _t: std::net::IpAddr) -> io::Result<()> {
         Ok(())
     }
     fn tcp_connect(&mut self, _id: FlowId, _t: SocketAddr) -> io::Result<bool> {

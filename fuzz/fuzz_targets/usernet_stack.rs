@@ -22,7 +22,7 @@ impl HostIo for Host {
         Ok(())
     }
     fn udp_close(&mut self, _id: FlowId) {}
-    fn icmp_open(&mut self, _id: FlowId, _t: std::net::Ipv4Addr) -> io::Result<()> {
+    fn icmp_open(&mut self, _id: FlowId, _t: std::net::IpAddr) -> io::Result<()> {
         Ok(())
     }
     fn tcp_connect(&mut self, _id: FlowId, t: SocketAddr) -> io::Result<bool> {

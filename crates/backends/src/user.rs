@@ -140,12 +140,17 @@ impl HostIo for Host<'_> {
         Ok(())
     }
 
-    fn icmp_open(&mut self, id: FlowId, target: std::net::Ipv4Addr) -> io::Result<()> {
+    fn icmp_open(&mut self, id: FlowId, target: std::net::IpAddr) -> io::Result<()> {
+        let (family, proto) = if target.is_ipv4() {
+            (AddressFamily::INET, rnet::ipproto::ICMP)
+        } else {
+            (AddressFamily::INET6, rnet::ipproto::ICMPV6)
+        };
         let fd = rnet::socket_with(
-            AddressFamily::INET,
+            family,
             SocketType::DGRAM,
             SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            Some(rnet::ipproto::ICMP),
+            Some(proto),
         )?;
         rnet::connect(&fd, &SocketAddr::from((target, 0)))?;
         self.reg.add(fd.as_fd(), id, Interest::READ)?;

@@ -18,6 +18,8 @@ use common::{hand_tap, ns_python, sh, start_netdevd_env, Netns, Proc, TempDir};
 
 /// The address of `far` as `host` and the guest see it.
 const FAR: &str = "198.18.0.2";
+/// Its IPv6 address (documentation prefix, only on the test's veth).
+const FAR6: &str = "2001:db8:f::2";
 /// Ports of the servers in `host` (on every address, so on its loopback) and in `far`.
 const HTTP: u16 = 8080;
 const ECHO: u16 = 7000;
@@ -138,6 +140,8 @@ impl World {
             &w.far,
             &format!("ip addr add {FAR}/24 dev xfar && ip link set xfar up"),
         );
+        must(&w.host, "ip -6 addr add 2001:db8:f::1/64 dev xhost nodad");
+        must(&w.far, &format!("ip -6 addr add {FAR6}/64 dev xfar nodad"));
         // The file the HTTP servers serve, 1 MiB of varied bytes.
         let www = w.dir.path("www");
         std::fs::create_dir_all(&www).unwrap();
@@ -312,6 +316,28 @@ fn suite(nat: Nat) {
             ),
             "hello-udp",
         );
+    }
+    // IPv6: a SLAAC address from the router advertisement, ping -6 of the gateway and, for
+    // netdevd, of a host outside through an ICMPv6 socket (libslirp 4.7 has no external
+    // ICMPv6; slirp4netns runs here without --enable-ipv6, so its rows are netdevd's only).
+    if nat != Nat::Slirp4netns {
+        let mut addr = false;
+        for _ in 0..100 {
+            let (_, out) = w.guest("ip -6 addr show dev tap0");
+            if out.contains("inet6 fec0::") && !out.contains("tentative") {
+                addr = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(addr, "{nat:?}: no SLAAC address");
+        let (ok, out) = w.guest("ping -6 -c 2 -W 3 fec0::2");
+        assert!(ok, "{nat:?}: ping -6 fec0::2:\n{out}");
+        // The advertisement offers no default route yet (no TCP over IPv6): one by hand.
+        let (ok, out) = w.guest(&format!(
+            "ip -6 route add default via fe80::2 dev tap0 && ping -6 -c 2 -W 3 {FAR6}"
+        ));
+        assert!(ok, "{nat:?}: ping -6 {FAR6}:\n{out}");
     }
     // An inbound forward: host 127.0.0.1:FWD_HOST reaches a server in the guest.
     let _srv = ns_python(

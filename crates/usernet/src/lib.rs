@@ -8,8 +8,9 @@
 //!   address stands for the host's loopback, the DNS address for the upstream resolver),
 //!   with hostfwd/guestfwd driven by the embedder; read-only TFTP ([`tftp`]); `restrict`.
 //! - done (IPv6): NDP for the stack's addresses, router advertisements for SLAAC with
-//!   RDNSS/DNSSL, ICMPv6 echo to the stack's addresses, UDP (and so DNS) over IPv6.
-//! - not yet: DHCPv6, TCP and ICMPv6 to other hosts over IPv6, smb.
+//!   RDNSS/DNSSL, stateless DHCPv6 ([`dhcpv6`]), ICMPv6 echo (answered for the stack's
+//!   addresses, through ICMPv6 sockets to others), UDP (and so DNS) over IPv6.
+//! - not yet: TCP over IPv6, IPv6 port forwards, smb.
 //!
 //! The protocol logic is sans-IO ([`stack::Stack`]): it takes frames and datagrams and
 //! returns frames; host sockets are opened through the [`stack::HostIo`] trait by whoever

@@ -103,11 +103,12 @@ pub trait HostIo {
     fn udp_open(&mut self, id: FlowId, target: SocketAddr) -> io::Result<()>;
     fn udp_send(&mut self, id: FlowId, data: &[u8]) -> io::Result<()>;
     fn udp_close(&mut self, id: FlowId);
-    /// Open an unprivileged ICMP echo socket (`SOCK_DGRAM`, `IPPROTO_ICMP`) connected to
-    /// `target` for flow `id`; [`HostIo::udp_send`] sends echo requests on it and its replies
-    /// go to [`Stack::from_host`], as for UDP. Fails where the host does not allow such
-    /// sockets (`net.ipv4.ping_group_range`).
-    fn icmp_open(&mut self, id: FlowId, target: Ipv4Addr) -> io::Result<()>;
+    /// Open an unprivileged ICMP echo socket (`SOCK_DGRAM`, `IPPROTO_ICMP` or
+    /// `IPPROTO_ICMPV6` by `target`'s family) connected to `target` for flow `id`;
+    /// [`HostIo::udp_send`] sends echo requests on it and its replies go to
+    /// [`Stack::from_host`], as for UDP. Fails where the host does not allow such sockets
+    /// (`net.ipv4.ping_group_range`, which governs both families).
+    fn icmp_open(&mut self, id: FlowId, target: IpAddr) -> io::Result<()>;
     /// Start a non-blocking TCP connect to `target` for flow `id`; the outcome goes to
     /// [`Stack::tcp_connected`].
     /// `Ok(true)`: connected already (the stack goes on at once, and no event follows).

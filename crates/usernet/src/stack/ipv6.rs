@@ -38,7 +38,7 @@ impl Stack {
             }
             Icmpv6::ECHO_REQUEST if m.code == 0 && m.body.len() >= 4 => {
                 if !self.is_ours6(ip.dst) {
-                    return self.drop_frame(DropReason::Ipv6NotYet);
+                    return self.echo6_out(ip, &m, now, io);
                 }
                 let out = Ipv6 {
                     src: ip.dst,
@@ -118,6 +118,33 @@ impl Stack {
             dst_port: udp.src_port,
         };
         self.push(udp6_frame(eth.src, GATEWAY_MAC, out, u, &reply));
+    }
+
+    /// An echo request to a host outside, through an ICMPv6 socket (libslirp 4.7 drops
+    /// these: "external icmpv6 not supported yet"). Addresses of the prefix other than the
+    /// stack's, link-local, multicast and loopback ones are not pinged.
+    fn echo6_out(&mut self, ip: Ipv6, m: &Icmpv6, now: Instant, io: &mut dyn HostIo) {
+        let echo_id = u16::from_be_bytes([m.body[0], m.body[1]]);
+        let guest = SocketAddr::V6(SocketAddrV6::new(ip.src, echo_id, 0, 0));
+        let remote = SocketAddr::V6(SocketAddrV6::new(ip.dst, 0, 0, 0));
+        if !self.by_icmp_key.contains_key(&(guest, remote)) {
+            if self.cfg.restrict {
+                return self.drop_frame(DropReason::Restricted);
+            }
+            let dst = ip.dst;
+            if self.cfg.in_prefix6(dst)
+                || dst.is_multicast()
+                || dst.is_unspecified()
+                || dst.is_loopback()
+                || dst.is_unicast_link_local()
+                || !self.cfg.in_prefix6(ip.src)
+            {
+                return self.drop_frame(DropReason::Unroutable);
+            }
+        }
+        let mut msg = vec![Icmpv6::ECHO_REQUEST, 0, 0, 0];
+        msg.extend_from_slice(m.body);
+        self.echo_out(guest, remote, &msg, now, io);
     }
 }
 

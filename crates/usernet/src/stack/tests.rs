@@ -25,7 +25,7 @@ impl HostIo for FakeHost {
         self.sent.push((id, data.to_vec()));
         Ok(())
     }
-    fn icmp_open(&mut self, id: FlowId, target: Ipv4Addr) -> io::Result<()> {
+    fn icmp_open(&mut self, id: FlowId, target: IpAddr) -> io::Result<()> {
         self.open.insert(id, SocketAddr::from((target, 0)));
         Ok(())
     }
@@ -954,10 +954,36 @@ fn ipv6_neighbor_and_router_discovery_and_echo() {
         );
         assert_eq!(got[0].2, b"\x12\x34\x00\x01payload");
     }
+    // To a host outside: through an ICMPv6 socket, the guest's identifier put back into
+    // the reply.
+    let far: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    s.from_guest(
+        &guest_icmpv6(slaac, far, 64, Icmpv6::ECHO_REQUEST, b"\x12\x34\x00\x07out"),
+        now,
+        &mut h,
+    );
+    assert!(icmpv6_to_guest(&mut s).is_empty());
+    let (&id, &to) = h.open.iter().next().expect("an ICMPv6 socket");
+    assert_eq!(to, SocketAddr::from((far, 0)));
+    assert_eq!(
+        h.sent.last().unwrap(),
+        &(id, b"\x80\0\0\0\x12\x34\x00\x07out".to_vec())
+    );
+    s.from_host(id, b"\x81\0\xab\xcd\x99\x99\x00\x07out", now);
+    let got = icmpv6_to_guest(&mut s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].1, got[0].0.src, got[0].0.dst),
+        (Icmpv6::ECHO_REPLY, far, slaac)
+    );
+    assert_eq!(got[0].2, b"\x12\x34\x00\x07out");
+    // Not a reply, or to a prefix or link-local address: nothing.
+    s.from_host(id, b"\x80\0\0\0\0\0\0\0", now);
+    assert!(icmpv6_to_guest(&mut s).is_empty());
     s.from_guest(
         &guest_icmpv6(
             slaac,
-            "2001:db8::1".parse().unwrap(),
+            "fec0::99".parse().unwrap(),
             64,
             Icmpv6::ECHO_REQUEST,
             b"\0\0\0\0",
@@ -965,10 +991,9 @@ fn ipv6_neighbor_and_router_discovery_and_echo() {
         now,
         &mut h,
     );
-    assert!(icmpv6_to_guest(&mut s).is_empty());
-    assert_eq!(s.stats.drops[DropReason::Ipv6NotYet as usize], 1);
+    assert_eq!(h.open.len(), 1);
+    assert_eq!(s.stats.drops[DropReason::Unroutable as usize], 1);
     assert_eq!(s.guest_addrs6(), &[ll, slaac]);
-    assert!(h.open.is_empty());
 }
 
 #[test]
