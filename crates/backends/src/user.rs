@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::time::Instant;
 
 use rustix::io::Errno;
@@ -45,8 +46,6 @@ enum Sock {
         /// it returned, consuming moves it back), so that it is set only when it differs;
         /// `None` while it is off (a peek reads from the oldest byte).
         peek_pos: Option<usize>,
-        /// A socket pair to a `guestfwd` command (not TCP: consumed by reading).
-        unix: bool,
     },
     /// A flow through a UDP forward: replies go out of forward `fwd`'s socket to `peer`.
     UdpFwd {
@@ -111,8 +110,8 @@ struct Host<'a> {
     forwards: &'a [Forward],
     /// Commands started for `guestfwd` connections, reaped as they exit.
     children: &'a mut Vec<std::process::Child>,
-    /// Where bytes that are not wanted go: consumed unix-socket bytes, and on kernels
-    /// without TCP `SO_PEEK_OFF` the already-sent bytes a peek from the start returns.
+    /// Where bytes that are not wanted go: on kernels without TCP `SO_PEEK_OFF`, the
+    /// already-sent bytes a peek from the start returns.
     scratch: &'a mut Vec<u8>,
 }
 
@@ -205,7 +204,6 @@ impl HostIo for Host<'_> {
                 peek_pos: None,
                 fd,
                 connecting: !connected,
-                unix: false,
             },
         );
         Ok(connected)
@@ -289,22 +287,11 @@ impl HostIo for Host<'_> {
     }
 
     fn tcp_consume(&mut self, id: FlowId, mut n: usize) {
-        let Some(Sock::Tcp {
-            fd, unix, peek_pos, ..
-        }) = self.socks.get_mut(&id)
-        else {
+        let Some(Sock::Tcp { fd, peek_pos, .. }) = self.socks.get_mut(&id) else {
             return;
         };
         while n > 0 {
-            let r = if *unix {
-                let k = n.min(64 * 1024);
-                if self.scratch.len() < k {
-                    self.scratch.resize(k, 0);
-                }
-                rustix::io::read(&*fd, &mut self.scratch[..k]).map_err(io::Error::from)
-            } else {
-                netdevd_sys::tcp_discard(fd.as_fd(), n)
-            };
+            let r = netdevd_sys::tcp_discard(fd.as_fd(), n);
             match r {
                 Ok(0) | Err(_) => return,
                 Ok(k) => {
@@ -336,19 +323,29 @@ impl HostIo for Host<'_> {
 
     fn tcp_command(&mut self, id: FlowId, argv: &[String]) -> io::Result<()> {
         let program = argv.first().ok_or(io::ErrorKind::InvalidInput)?;
-        let (mine, theirs) = rnet::socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
+        // The connection reaches the command over a TCP connection on the loopback, as
+        // libslirp does it: programs written for inetd (smbd among them) ask their stdin
+        // for its peer's address and give up on anything but an Internet socket.
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let mine = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (theirs, from) = listener.accept()?;
+        if from != mine.local_addr()? {
+            // Someone else's connection came first: refuse rather than hand it a command.
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        drop(listener);
+        let theirs = OwnedFd::from(theirs);
         let theirs_out = theirs.try_clone()?;
+        // In a process group of its own (libslirp's children get a session of their own):
+        // smbd, run this way, ends by signalling its whole process group.
         let child = std::process::Command::new(program)
             .args(&argv[1..])
             .stdin(std::process::Stdio::from(theirs))
             .stdout(std::process::Stdio::from(theirs_out))
+            .process_group(0)
             .spawn()?;
         self.children.push(child);
+        let mine = OwnedFd::from(mine);
         netdevd_sys::set_nonblocking(mine.as_fd(), true)?;
         // Connected from the start: the writable event reports it like a finished connect.
         self.reg.add(mine.as_fd(), id, TCP_INTEREST)?;
@@ -359,7 +356,6 @@ impl HostIo for Host<'_> {
                 peek_pos: None,
                 fd: mine,
                 connecting: true,
-                unix: true,
             },
         );
         Ok(())
@@ -422,6 +418,18 @@ impl UserBackend {
                 guest: f.guest,
                 udp: f.udp,
             });
+        }
+        // The SMB server's private directory, last: nothing after it can fail, and from
+        // here on `close` removes it.
+        if let Some((dir, conf)) = &cfg.smb_dir {
+            let fail = |e: io::Error| {
+                crate::BackendError::Msg(format!("Could not create samba server dir: {e}"))
+            };
+            std::fs::create_dir(dir).map_err(fail)?;
+            if let Err(e) = std::fs::write(dir.join("smb.conf"), conf) {
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(fail(e));
+            }
         }
         Ok(UserBackend {
             reg,
@@ -501,7 +509,6 @@ impl UserBackend {
                         peek_pos: None,
                         fd,
                         connecting: false,
-                        unix: false,
                     },
                 );
             }
@@ -535,6 +542,19 @@ impl Endpoint for UserBackend {
         }
         for f in self.forwards.drain(..) {
             self.reg.remove(f.listener.as_fd());
+        }
+        // Commands of guest forwards (and smbd) still running are ended: we started them.
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some((d, _)) = &self.stack.config().smb_dir {
+            if let Err(e) = std::fs::remove_dir_all(d) {
+                tracing::warn!(
+                    "could not remove the SMB server's directory {}: {e}",
+                    d.display()
+                );
+            }
         }
     }
 }

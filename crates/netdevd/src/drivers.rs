@@ -90,7 +90,7 @@ pub fn netdev_add(
         }
         NetdevVariant::User(o) => {
             let cfg = crate::user::config(o, &state.resolv_conf)?;
-            return state.add_backend(&nd.id, "user", BackendKind::User(cfg));
+            return state.add_backend(&nd.id, "user", BackendKind::User(Box::new(cfg)));
         }
         NetdevVariant::Bridge(o) => {
             let br = o.br.as_deref().unwrap_or(DEFAULT_BRIDGE);

@@ -102,7 +102,7 @@ pub enum BackendKind {
     Stream(StreamConfig),
     Dgram(DgramConfig),
     Tap(TapConfig),
-    User(netdevd_usernet::Config),
+    User(Box<netdevd_usernet::Config>),
 }
 
 struct BackendSlot {
@@ -293,7 +293,7 @@ impl State {
                 TapBackend::new(reg, c).map_err(|e| QmpError::generic(e.to_string()))?,
             )),
             BackendKind::User(c) => Rc::new(RefCell::new(
-                netdevd_backends::user::UserBackend::new(reg, c)
+                netdevd_backends::user::UserBackend::new(reg, *c)
                     .map_err(|e| QmpError::generic(e.to_string()))?,
             )),
         };

@@ -228,13 +228,6 @@ fn parse_guestfwd(rule: &str, c: &Config, taken: &[GuestFwd]) -> Result<GuestFwd
 
 /// The stack's config for these options. `resolv_conf` names the upstream resolvers.
 pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpError> {
-    for (given, name) in [(o.smb.is_some(), "smb")] {
-        if given {
-            return Err(err(format!(
-                "netdev user option '{name}' is not available in netdevd yet"
-            )));
-        }
-    }
     let (ipv4, ipv6) = match (o.ipv4, o.ipv6) {
         (Some(a), Some(b)) => (a, b),
         (Some(a), None) => (a, !a),
@@ -295,6 +288,10 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
     if c.dhcp_start == c.host || c.dhcp_start == c.dns {
         return Err(err("DHCP must be different from host and DNS"));
     }
+    let smbserver = match &o.smbserver {
+        Some(a) => Some(inet_aton(a).ok_or_else(|| err("Failed to parse SMB address"))?),
+        None => None,
+    };
     // IPv6, after the IPv4 checks as in QEMU: the prefix as given (not masked), length 0
     // meaning 64, host and DNS defaulting to the prefix with its last byte ORed with 2 and 3.
     if let Some(p) = &o.ipv6_prefix {
@@ -371,15 +368,132 @@ pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpEr
         c.hostfwd.push(parse_hostfwd(&r.str, c.dhcp_start)?);
     }
     c.hostfwd.reverse();
-    // Guest forwards, last to first as QEMU installs them.
+    // The SMB server, after the host forwards and before the guest forwards (QEMU's order).
     let mut guestfwd: Vec<GuestFwd> = Vec::new();
+    let smb = match &o.smb {
+        Some(dir) => Some(smb_forwards(
+            dir,
+            smbserver.unwrap_or_else(|| default_at(0x0000_0204)),
+            &c,
+            &mut guestfwd,
+        )?),
+        None => None,
+    };
+    // Guest forwards, last to first as QEMU installs them.
     for r in o.guestfwd.iter().flatten().rev() {
         let g = parse_guestfwd(&r.str, &c, &guestfwd)?;
         guestfwd.push(g);
     }
     guestfwd.reverse();
     c.guestfwd = guestfwd;
+    c.smb_dir = smb.map(|s| s.files());
     Ok(c)
+}
+
+/// The name of the user netdevd runs as (the owner of `/proc/self` is the effective uid),
+/// from `/etc/passwd`.
+fn effective_user() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
+/// Where QEMU looks for the SMB server (Debian's `samba`).
+pub const SMBD: &str = "/usr/sbin/smbd";
+
+/// The private SMB server of a user netdev, before its directory exists.
+struct SmbSetup {
+    dir: std::path::PathBuf,
+    export: String,
+    user: String,
+}
+
+impl SmbSetup {
+    /// The private directory and its configuration: `export` as share `qemu`, writable,
+    /// for guests without a password, its files owned by `user`; every path smbd writes
+    /// (state, locks, logs, sockets) inside the directory, nothing of the host's Samba
+    /// touched.
+    fn files(&self) -> (std::path::PathBuf, String) {
+        let d = self.dir.display();
+        let conf = format!(
+            "# netdevd's private SMB server for one user netdev\n\
+             [global]\n\
+             \tprivate dir = {d}\n\tpid directory = {d}\n\tlock directory = {d}\n\
+             \tstate directory = {d}\n\tcache directory = {d}\n\tncalrpc dir = {d}/ncalrpc\n\
+             \tlog file = {d}/log.smbd\n\tsmb passwd file = {d}/smbpasswd\n\
+             \tinterfaces = 127.0.0.1\n\tbind interfaces only = yes\n\
+             \tsecurity = user\n\tmap to guest = Bad User\n\
+             \tload printers = no\n\tprinting = bsd\n\tdisable spoolss = yes\n\
+             \tusershare max shares = 0\n\
+             [qemu]\n\
+             \tpath = {}\n\tread only = no\n\tguest ok = yes\n\tforce user = {}\n",
+            self.export, self.user
+        );
+        (self.dir.clone(), conf)
+    }
+}
+
+/// QEMU's `smb=DIR,smbserver=ADDR`: connections of the guest to ADDR ports 139 and 445 each
+/// start `smbd` on the connection (inetd style, as QEMU runs it), with a configuration of
+/// its own in a private directory the driver makes when it starts.
+fn smb_forwards(
+    export: &str,
+    server: Ipv4Addr,
+    c: &Config,
+    taken: &mut Vec<GuestFwd>,
+) -> Result<SmbSetup, QmpError> {
+    if std::fs::metadata(SMBD).is_err() {
+        return Err(err(format!("Could not find '{SMBD}', please install it")));
+    }
+    if let Err(e) = std::fs::read_dir(export) {
+        let text = e.to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text);
+        return Err(err(format!(
+            "Error accessing shared directory '{export}': {text}"
+        )));
+    }
+    let user = effective_user().ok_or_else(|| err("Failed to retrieve user name"))?;
+    let dir = std::env::temp_dir().join(format!(
+        "netdevd-smb.{}.{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let conf = dir.join("smb.conf");
+    let argv = vec![
+        SMBD.to_string(),
+        "-l".to_string(),
+        dir.display().to_string(),
+        "-s".to_string(),
+        conf.display().to_string(),
+    ];
+    for port in [139, 445] {
+        let fwd = std::net::SocketAddrV4::new(server, port);
+        if !c.contains(server)
+            || server == c.host
+            || server == c.dns
+            || taken.iter().any(|g| g.server == fwd)
+        {
+            return Err(err("Conflicting/invalid smbserver address"));
+        }
+        taken.push(GuestFwd {
+            server: fwd,
+            target: GuestFwdTarget::Command(argv.clone()),
+            rule: format!("smb {}:{port}", server),
+        });
+    }
+    Ok(SmbSetup {
+        dir,
+        export: export.to_string(),
+        user,
+    })
 }
 
 #[cfg(test)]

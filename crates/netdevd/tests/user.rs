@@ -343,6 +343,74 @@ fn ipv6_slaac_router_advert_ping_dns_and_udp_from_a_namespace() {
     assert!(ok, "ping -6 the configured host: {out}");
 }
 
+/// `smb=DIR`: smbclient in the namespace lists the share `qemu` at 10.0.2.4, fetches a file
+/// from it byte for byte and writes one into it; `netdev_del` ends the private smbd and
+/// removes its directory. A directory that cannot be read is refused with QEMU's text.
+#[test]
+fn smb_share_through_a_private_smbd() {
+    let dir = TempDir::new("usmb");
+    let ns = Netns::new("usmb");
+    let share = dir.path("share");
+    std::fs::create_dir(&share).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(share.join("blob"), &body).unwrap();
+    let _d = user_guest(&dir, &ns, &format!("user,id=u,smb={}", share.display()));
+    let private = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("netdevd-smb.{}.", _d.child.id())))
+            })
+            .collect()
+    };
+    assert_eq!(private().len(), 1, "no private SMB directory");
+    let (ok, out) = sh(&ns, "ip link set lo up && smbclient -N -L //10.0.2.4");
+    assert!(ok && out.contains("qemu"), "smbclient -L: {out}");
+    let got = dir.path("got");
+    let (ok, out) = sh(
+        &ns,
+        &format!(
+            "cd {} && smbclient -N //10.0.2.4/qemu -c 'get blob {}; put /etc/hostname up.txt'",
+            dir.path("").display(),
+            got.display()
+        ),
+    );
+    assert!(ok, "smbclient get/put: {out}");
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        body,
+        "the file came back changed"
+    );
+    assert_eq!(
+        std::fs::read(share.join("up.txt")).unwrap(),
+        std::fs::read("/etc/hostname").unwrap()
+    );
+    let mut q = common::Qmp::negotiated(&dir.path("n.sock"));
+    let r = q.cmd(&serde_json::json!({"execute": "netdev_del", "arguments": {"id": "u"}}));
+    assert!(r.get("return").is_some(), "{r}");
+    assert!(private().is_empty(), "the private SMB directory is left");
+    // Refused as QEMU refuses it.
+    let r = q.cmd(&serde_json::json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u2", "smb": "/nonexistent/dir"}}));
+    assert_eq!(
+        r["error"]["desc"],
+        "Error accessing shared directory '/nonexistent/dir': No such file or directory",
+        "{r}"
+    );
+    let r = q.cmd(&serde_json::json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u2", "smb": share.to_str().unwrap(), "smbserver": "10.0.2.2"}}));
+    assert_eq!(
+        r["error"]["desc"], "Conflicting/invalid smbserver address",
+        "{r}"
+    );
+    // Refused later, for an id in use: no directory is made either.
+    let r = q.cmd(&serde_json::json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "up", "smb": share.to_str().unwrap()}}));
+    assert!(r.get("error").is_some(), "{r}");
+    assert!(private().is_empty(), "a refused netdev left a directory");
+}
+
 /// TCP from the namespace to servers on the host's loopback through 10.0.2.2: an HTTP
 /// download and an upload, checked byte for byte, and 200 connections at once.
 #[test]

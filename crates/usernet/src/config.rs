@@ -80,6 +80,9 @@ pub struct Config {
     pub guestfwd: Vec<GuestFwd>,
     /// Root of the read-only TFTP server on the gateway address (none: no TFTP).
     pub tftp_root: Option<std::path::PathBuf>,
+    /// The `smb` server's private directory and the `smb.conf` to put in it: whoever runs
+    /// the stack makes the directory when it starts and removes it when it stops.
+    pub smb_dir: Option<(std::path::PathBuf, String)>,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for Config {
             hostfwd: Vec::new(),
             guestfwd: Vec::new(),
             tftp_root: None,
+            smb_dir: None,
         }
     }
 }

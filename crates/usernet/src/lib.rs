@@ -10,7 +10,8 @@
 //! - done (IPv6): NDP for the stack's addresses, router advertisements for SLAAC with
 //!   RDNSS/DNSSL, stateless DHCPv6 ([`dhcpv6`]), ICMPv6 echo (answered for the stack's
 //!   addresses, through ICMPv6 sockets to others), UDP (and so DNS) over IPv6.
-//! - not yet: TCP over IPv6, IPv6 port forwards, smb.
+//! - not yet: TCP over IPv6, IPv6 port forwards. (`smb` is the embedder's: a guest forward
+//!   to a command, see [`config::Config::smb_dir`].)
 //!
 //! The protocol logic is sans-IO ([`stack::Stack`]): it takes frames and datagrams and
 //! returns frames; host sockets are opened through the [`stack::HostIo`] trait by whoever
