@@ -18,24 +18,7 @@ fn dhcp_dns_ping_and_udp_from_a_namespace() {
     let ns = Netns::new("user");
     // The upstream resolver: dnsmasq on a loopback address of its own.
     let dns_ip = format!("127.0.0.{}", 100 + std::process::id() % 100);
-    let dnsmasq = Proc {
-        child: Command::new("dnsmasq")
-            .args([
-                "-k",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--port=53",
-                "--address=/name.test/10.1.2.3",
-                "--log-facility=-",
-            ])
-            .arg(format!("--listen-address={dns_ip}"))
-            .arg(format!("--pid-file={}", dir.path("dnsmasq.pid").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (Debian dnsmasq-base) must be installed"),
-    };
+    let dnsmasq = dnsmasq(&dir, &dns_ip);
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, format!("nameserver {dns_ip}\n")).unwrap();
     // A UDP echo server on the host's loopback.

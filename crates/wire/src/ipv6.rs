@@ -120,6 +120,20 @@ impl<'a> Icmpv6<'a> {
     }
 }
 
+/// The Ethernet and IPv6 headers of a frame carrying `len` bytes of `proto`, with room
+/// for them behind.
+fn frame_start(eth_dst: [u8; 6], eth_src: [u8; 6], ip: Ipv6, proto: u8, len: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + IPV6_HLEN + len);
+    Eth {
+        dst: eth_dst,
+        src: eth_src,
+        ethertype: ETHERTYPE_IPV6,
+    }
+    .write(&mut f);
+    Ipv6 { proto, ..ip }.write(len, &mut f);
+    f
+}
+
 /// A whole frame: Ethernet, IPv6 (hop limit `hop_limit`), and the ICMPv6 message `kind`,
 /// `code`, `body` with its checksum.
 pub fn icmpv6_frame(
@@ -131,18 +145,7 @@ pub fn icmpv6_frame(
     body: &[u8],
 ) -> Vec<u8> {
     let len = 4 + body.len();
-    let mut f = Vec::with_capacity(14 + IPV6_HLEN + len);
-    Eth {
-        dst: eth_dst,
-        src: eth_src,
-        ethertype: ETHERTYPE_IPV6,
-    }
-    .write(&mut f);
-    Ipv6 {
-        proto: PROTO_ICMPV6,
-        ..ip
-    }
-    .write(len, &mut f);
+    let mut f = frame_start(eth_dst, eth_src, ip, PROTO_ICMPV6, len);
     let start = f.len();
     f.extend_from_slice(&[kind, code, 0, 0]);
     f.extend_from_slice(body);
@@ -185,18 +188,7 @@ pub fn udp6_frame(
     payload: &[u8],
 ) -> Vec<u8> {
     let len = 8 + payload.len();
-    let mut f = Vec::with_capacity(14 + IPV6_HLEN + len);
-    Eth {
-        dst: eth_dst,
-        src: eth_src,
-        ethertype: ETHERTYPE_IPV6,
-    }
-    .write(&mut f);
-    Ipv6 {
-        proto: PROTO_UDP,
-        ..ip
-    }
-    .write(len, &mut f);
+    let mut f = frame_start(eth_dst, eth_src, ip, PROTO_UDP, len);
     let u = f.len();
     f.extend_from_slice(&udp.src_port.to_be_bytes());
     f.extend_from_slice(&udp.dst_port.to_be_bytes());
