@@ -20,7 +20,9 @@
 //! This file holds the stack's state, its constants, the [`HostIo`] boundary and the
 //! dispatch of guest frames by protocol; each protocol is a file of its own beside it:
 //! `egress.rs` (frames toward the guest, the buffer pool), `arp.rs`, `icmp.rs`, `udp.rs` (the
-//! UDP/ICMP flow table), `services.rs` (DHCP and TFTP framed), `tcp.rs`.
+//! UDP/ICMP flow table, both families), `services.rs` (DHCP and TFTP framed), `tcp.rs`
+//! (IPv4 only so far), `ipv6.rs` (IPv6 dispatch, ICMPv6 echo, UDP over IPv6, DHCPv6) and
+//! `ndp.rs` (neighbor and router discovery).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
