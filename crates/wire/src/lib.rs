@@ -2,13 +2,15 @@
 //! ([`checksum`]), and finishing offloaded frames in software ([`gso`]): filling a partial
 //! checksum and cutting a TCP segmentation-offload frame into MSS-sized frames, for
 //! receivers that cannot take offloaded frames. Checked views of Ethernet, ARP, IPv4, UDP,
-//! TCP ([`packet`]) and of IPv6, ICMPv6 and Neighbor Discovery ([`ipv6`]).
+//! TCP ([`packet`]; TCP over either family through [`ip::IpHeader`]) and of IPv6, ICMPv6
+//! and Neighbor Discovery ([`ipv6`]).
 //!
 //! No I/O, no `unsafe`; every view checks lengths first.
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod gso;
+pub mod ip;
 pub mod ipv6;
 pub mod packet;
 

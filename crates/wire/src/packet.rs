@@ -1,11 +1,13 @@
 //! Checked views of the headers the user-mode stack speaks: Ethernet II, ARP (IPv4 over
-//! Ethernet), IPv4 (options skipped, fragments refused), UDP and ICMP echo. Each `parse`
-//! checks lengths before any field is read; each `build` writes a whole frame.
-//! RFC 826 (ARP), RFC 791 (IPv4), RFC 768 (UDP), RFC 792 (ICMP).
+//! Ethernet), IPv4 (options skipped, fragments refused), UDP, ICMP echo and TCP (over
+//! either family, [`crate::ip::IpHeader`]). Each `parse` checks lengths before any field is
+//! read; each `build` writes a whole frame.
+//! RFC 826 (ARP), RFC 791 (IPv4), RFC 768 (UDP), RFC 792 (ICMP), RFC 9293 (TCP).
 
 use std::net::Ipv4Addr;
 
 use crate::checksum::{finish, pseudo_v4, sum};
+use crate::ip::IpHeader;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -347,12 +349,17 @@ impl Tcp {
 
     /// As [`Tcp::parse`]; `verify: false` skips the checksum (virtio-net `NEEDS_CSUM`).
     pub fn parse_with<'a>(ip: &Ipv4, p: &'a [u8], verify: bool) -> Option<(Tcp, &'a [u8])> {
+        Self::parse_ip(&IpHeader::V4(*ip), p, verify)
+    }
+
+    /// As [`Tcp::parse_with`], over IPv4 or IPv6.
+    pub fn parse_ip<'a>(ip: &IpHeader, p: &'a [u8], verify: bool) -> Option<(Tcp, &'a [u8])> {
         let h = p.get(..20)?;
         let hlen = (h[12] >> 4) as usize * 4;
         if hlen < 20 || hlen > p.len() {
             return None;
         }
-        let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_TCP, p.len());
+        let ps = ip.pseudo(PROTO_TCP, p.len());
         if verify && crate::checksum::fold(sum(p, ps)) != 0xffff {
             return None;
         }
@@ -393,9 +400,10 @@ impl Tcp {
     }
 }
 
-/// A whole Ethernet + IPv4 + TCP frame.
-pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
-    let mut f = tcp_headers(eth, ip, tcp, payload.len(), payload.len());
+/// A whole Ethernet + IP + TCP frame (`eth`'s type is taken from `ip`'s family).
+pub fn tcp_frame(eth: Eth, ip: impl Into<IpHeader>, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
+    let ip = ip.into();
+    let mut f = tcp_headers(eth, &ip, tcp, payload.len(), payload.len());
     f.extend_from_slice(payload);
     finish_tcp_frame(&mut f, &ip, false);
     f
@@ -403,27 +411,43 @@ pub fn tcp_frame(eth: Eth, ip: Ipv4, tcp: &Tcp, payload: &[u8]) -> Vec<u8> {
 
 /// Bytes of Ethernet + IPv4 + TCP headers without options.
 pub const TCP_FRAME_HLEN: usize = ETH_HLEN + 20 + 20;
+/// Bytes of Ethernet + IPv6 + TCP headers without options.
+pub const TCP6_FRAME_HLEN: usize = ETH_HLEN + 40 + 20;
 
-/// Turn `f`, whose bytes from [`TCP_FRAME_HLEN`] on are the payload already in place, into
+/// Bytes of Ethernet + `ip` + TCP headers without options: [`TCP_FRAME_HLEN`] or
+/// [`TCP6_FRAME_HLEN`].
+pub fn tcp_frame_hlen(ip: &IpHeader) -> usize {
+    ETH_HLEN + ip.len() + 20
+}
+
+/// Turn `f`, whose bytes from [`tcp_frame_hlen`] on are the payload already in place, into
 /// a whole frame: the headers are written over its first bytes (`tcp`'s options are not
 /// written: data segments carry none), and the checksum is computed, or with `partial`
 /// left as the pseudo-header sum for a receiver that finishes it (virtio-net `NEEDS_CSUM`
-/// at offset 34 + 16). Short frames are padded to 60 bytes.
-pub fn tcp_frame_in_place(f: &mut Vec<u8>, eth: Eth, ip: Ipv4, tcp: &Tcp, partial: bool) {
-    assert!(f.len() >= TCP_FRAME_HLEN);
+/// at `tcp_frame_hlen - 20` + 16). Short frames are padded to 60 bytes.
+pub fn tcp_frame_in_place(
+    f: &mut Vec<u8>,
+    eth: Eth,
+    ip: impl Into<IpHeader>,
+    tcp: &Tcp,
+    partial: bool,
+) {
+    let ip = ip.into();
+    let hlen = tcp_frame_hlen(&ip);
+    assert!(f.len() >= hlen);
     let plain = Tcp {
         mss: None,
         wscale: None,
         ..*tcp
     };
-    let h = tcp_headers(eth, ip, &plain, f.len() - TCP_FRAME_HLEN, 0);
-    f[..TCP_FRAME_HLEN].copy_from_slice(&h);
+    let h = tcp_headers(eth, &ip, &plain, f.len() - hlen, 0);
+    f[..hlen].copy_from_slice(&h);
     finish_tcp_frame(f, &ip, partial);
 }
 
-/// Ethernet, IPv4 and TCP headers (options included) for `payload_len` bytes of payload,
+/// Ethernet, IP and TCP headers (options included) for `payload_len` bytes of payload,
 /// the TCP checksum field zero; `room` more bytes are reserved behind them.
-fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize, room: usize) -> Vec<u8> {
+fn tcp_headers(eth: Eth, ip: &IpHeader, tcp: &Tcp, payload_len: usize, room: usize) -> Vec<u8> {
     let mut opts = Vec::new();
     if let Some(m) = tcp.mss {
         opts.extend_from_slice(&[2, 4]);
@@ -433,8 +457,12 @@ fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize, room: usize) -
         opts.extend_from_slice(&[1, 3, 3, w]);
     }
     let hlen = 20 + opts.len();
-    let mut f = Vec::with_capacity(ETH_HLEN + 20 + hlen + room);
-    eth.write(&mut f);
+    let mut f = Vec::with_capacity(ETH_HLEN + ip.len() + hlen + room);
+    Eth {
+        ethertype: ip.ethertype(),
+        ..eth
+    }
+    .write(&mut f);
     ip.write(hlen + payload_len, &mut f);
     f.extend_from_slice(&tcp.src_port.to_be_bytes());
     f.extend_from_slice(&tcp.dst_port.to_be_bytes());
@@ -450,9 +478,9 @@ fn tcp_headers(eth: Eth, ip: Ipv4, tcp: &Tcp, payload_len: usize, room: usize) -
 
 /// Fill the TCP checksum of a frame whose segment runs to its end (whole, or with
 /// `partial` only the pseudo-header sum), then pad it to 60 bytes.
-fn finish_tcp_frame(f: &mut Vec<u8>, ip: &Ipv4, partial: bool) {
-    let t = ETH_HLEN + 20;
-    let ps = pseudo_v4(&ip.src.octets(), &ip.dst.octets(), PROTO_TCP, f.len() - t);
+fn finish_tcp_frame(f: &mut Vec<u8>, ip: &IpHeader, partial: bool) {
+    let t = ETH_HLEN + ip.len();
+    let ps = ip.pseudo(PROTO_TCP, f.len() - t);
     let c = if partial {
         crate::checksum::fold(ps)
     } else {
@@ -497,6 +525,54 @@ mod tcp_tests {
             tcp_frame_in_place(&mut f, eth, ip, &t, false);
             assert_eq!(f, tcp_frame(eth, ip, &t, payload));
         }
+    }
+
+    #[test]
+    fn tcp_over_ipv6_round_trips_in_place_and_whole() {
+        let eth = Eth {
+            dst: [1; 6],
+            src: [2; 6],
+            ethertype: ETHERTYPE_IPV4,
+        };
+        let ip = crate::ipv6::Ipv6 {
+            src: "fec0::2".parse().unwrap(),
+            dst: "fec0::15".parse().unwrap(),
+            proto: PROTO_TCP,
+            hop_limit: 64,
+        };
+        let t = Tcp {
+            src_port: 80,
+            dst_port: 40000,
+            seq: 7,
+            ack: 9,
+            flags: Tcp::SYN | Tcp::ACK,
+            window: 65535,
+            mss: Some(1440),
+            wscale: Some(7),
+        };
+        let f = tcp_frame(eth, ip, &t, b"");
+        assert_eq!(u16::from_be_bytes([f[12], f[13]]), ETHERTYPE_IPV6);
+        let (i, p) = crate::ipv6::Ipv6::parse(&f[ETH_HLEN..]).unwrap();
+        let (t2, data) = Tcp::parse_ip(&i.into(), p, true).unwrap();
+        assert_eq!(t2, t);
+        assert!(data.is_empty());
+        let data = Tcp {
+            flags: Tcp::ACK | Tcp::PSH,
+            ..t.without_options()
+        };
+        let mut g = vec![0u8; TCP6_FRAME_HLEN];
+        g.extend_from_slice(&[5u8; 3001]);
+        tcp_frame_in_place(&mut g, eth, ip, &data, false);
+        assert_eq!(g, tcp_frame(eth, ip, &data, &[5u8; 3001]));
+        let (i, p) = crate::ipv6::Ipv6::parse(&g[ETH_HLEN..]).unwrap();
+        assert_eq!(
+            Tcp::parse_ip(&i.into(), p, true).unwrap().1,
+            &[5u8; 3001][..]
+        );
+        // A flipped bit fails the checksum over the IPv6 pseudo-header.
+        g[TCP6_FRAME_HLEN + 7] ^= 1;
+        let (i, p) = crate::ipv6::Ipv6::parse(&g[ETH_HLEN..]).unwrap();
+        assert!(Tcp::parse_ip(&i.into(), p, true).is_none());
     }
 
     #[test]
