@@ -83,7 +83,8 @@ fn initial_peek_off() -> Option<bool> {
 /// The host socket of a `hostfwd` rule: listening (TCP) or bound (UDP).
 struct Forward {
     listener: OwnedFd,
-    guest: std::net::SocketAddrV4,
+    /// As the rule says it (`[::]`: resolved per connection, `Stack::forward_guest`).
+    guest: SocketAddr,
     udp: bool,
 }
 
@@ -396,13 +397,22 @@ impl UserBackend {
             } else {
                 SocketType::STREAM
             };
+            let family = if f.host.is_ipv4() {
+                AddressFamily::INET
+            } else {
+                AddressFamily::INET6
+            };
             let l = rnet::socket_with(
-                AddressFamily::INET,
+                family,
                 ty,
                 SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
                 None,
             )
             .map_err(|_| fail())?;
+            // `[::]` is IPv6 only: an IPv4 rule on the same port is a rule of its own.
+            if f.host.is_ipv6() {
+                rnet::sockopt::set_ipv6_v6only(&l, true).map_err(|_| fail())?;
+            }
             // Two rules on one port must clash (as in QEMU), so no SO_REUSEADDR for UDP.
             if !f.udp {
                 rnet::sockopt::set_socket_reuseaddr(&l, true).map_err(|_| fail())?;
@@ -467,7 +477,9 @@ impl UserBackend {
                     Ok(_) => continue,
                     Err(_) => return,
                 };
-            let guest = fw.guest;
+            let Some(guest) = self.stack.forward_guest(fw.guest) else {
+                continue;
+            };
             if let Some((id, true)) =
                 self.stack
                     .udp_inbound(guest, peer.port(), &self.buf[..n], now)
@@ -496,7 +508,11 @@ impl UserBackend {
                 .and_then(|a| SocketAddr::try_from(a).ok())
                 .map(|a| a.port())
                 .unwrap_or(0);
-            let guest = fw.guest;
+            // Into an IPv6 guest not heard from yet, or past the flow limit: the
+            // connection is closed (the socket drops here).
+            let Some(guest) = self.stack.forward_guest(fw.guest) else {
+                continue;
+            };
             let Some(id) = self.stack.tcp_inbound(guest, port, now) else {
                 continue;
             };

@@ -2,7 +2,7 @@
 //! plain config, with QEMU 7.2's checks and texts (`net/slirp.c` `net_init_slirp`,
 //! `net_slirp_init`). Parts of the stack still to come answer "not available yet".
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use netdevd_backends::addr::inet_aton;
@@ -83,7 +83,11 @@ fn int_field(s: &str) -> Option<i64> {
 }
 
 /// One `hostfwd` rule, `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, with QEMU's
-/// reasons (`net/slirp.c` `slirp_hostfwd`).
+/// reasons (`net/slirp.c` `slirp_hostfwd`). Beyond QEMU, either address may be an IPv6 one
+/// in brackets: `tcp:[::1]:2222-:22` listens on the host's IPv6 loopback for the IPv4
+/// guest, `tcp:[::1]:2222-[fec0::15]:22` forwards into an IPv6 guest, and `[]` as the guest
+/// address means the guest's first IPv6 address learnt in the prefix. QEMU's own forms keep
+/// QEMU's meaning (no brackets: IPv4 only).
 fn parse_hostfwd(rule: &str, dhcp_start: Ipv4Addr) -> Result<HostFwd, QmpError> {
     let fail = |why: &str| err(format!("Invalid host forwarding rule '{rule}' ({why})"));
     let (proto, rest) = rule
@@ -94,13 +98,24 @@ fn parse_hostfwd(rule: &str, dhcp_start: Ipv4Addr) -> Result<HostFwd, QmpError> 
         "udp" => true,
         _ => return Err(fail("Bad protocol name")),
     };
-    let (haddr, rest) = rest
-        .split_once(':')
-        .ok_or_else(|| fail("Missing : separator"))?;
-    let host_ip = if haddr.is_empty() {
-        Ipv4Addr::UNSPECIFIED
-    } else {
-        inet_aton(haddr).ok_or_else(|| fail("Bad host address"))?
+    let (host_ip, rest) = match bracketed6(rest) {
+        Some(Ok((a, rest))) => (
+            IpAddr::V6(a),
+            rest.strip_prefix(':')
+                .ok_or_else(|| fail("Missing : separator"))?,
+        ),
+        Some(Err(())) => return Err(fail("Bad host address")),
+        None => {
+            let (haddr, rest) = rest
+                .split_once(':')
+                .ok_or_else(|| fail("Missing : separator"))?;
+            let ip = if haddr.is_empty() {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                inet_aton(haddr).ok_or_else(|| fail("Bad host address"))?
+            };
+            (IpAddr::V4(ip), rest)
+        }
     };
     let (hport, rest) = rest
         .split_once('-')
@@ -108,23 +123,48 @@ fn parse_hostfwd(rule: &str, dhcp_start: Ipv4Addr) -> Result<HostFwd, QmpError> 
     let host_port = int_field(hport)
         .filter(|p| (0..=65535).contains(p))
         .ok_or_else(|| fail("Bad host port"))?;
-    let (gaddr, gport) = rest
-        .split_once(':')
-        .ok_or_else(|| fail("Missing guest address"))?;
-    let guest_ip = if gaddr.is_empty() {
-        dhcp_start
-    } else {
-        inet_aton(gaddr).ok_or_else(|| fail("Bad guest address"))?
+    let (guest_ip, gport) = match bracketed6(rest) {
+        Some(Ok((a, rest))) => (
+            IpAddr::V6(a),
+            rest.strip_prefix(':')
+                .ok_or_else(|| fail("Missing guest address"))?,
+        ),
+        Some(Err(())) => return Err(fail("Bad guest address")),
+        None => {
+            let (gaddr, gport) = rest
+                .split_once(':')
+                .ok_or_else(|| fail("Missing guest address"))?;
+            let ip = if gaddr.is_empty() {
+                dhcp_start
+            } else {
+                inet_aton(gaddr).ok_or_else(|| fail("Bad guest address"))?
+            };
+            (IpAddr::V4(ip), gport)
+        }
     };
     let guest_port = int_field(gport)
         .filter(|p| (1..=65535).contains(p))
         .ok_or_else(|| fail("Bad guest port"))?;
     Ok(HostFwd {
         udp,
-        host: std::net::SocketAddrV4::new(host_ip, host_port as u16),
-        guest: std::net::SocketAddrV4::new(guest_ip, guest_port as u16),
+        host: SocketAddr::new(host_ip, host_port as u16),
+        guest: SocketAddr::new(guest_ip, guest_port as u16),
         rule: rule.to_string(),
     })
+}
+
+/// netdevd's IPv6 form of a forwarding address: `[ADDR]` at the start of `s` (`[]` is `::`).
+/// `None` when `s` does not start with a bracket, `Err` when the brackets hold no IPv6
+/// address; otherwise the address and what follows the closing bracket.
+fn bracketed6(s: &str) -> Option<Result<(Ipv6Addr, &str), ()>> {
+    let inner = s.strip_prefix('[')?;
+    let Some((a, rest)) = inner.split_once(']') else {
+        return Some(Err(()));
+    };
+    if a.is_empty() {
+        return Some(Ok((Ipv6Addr::UNSPECIFIED, rest)));
+    }
+    Some(a.parse().map(|a| (a, rest)).map_err(|_| ()))
 }
 
 /// Split a command line into words as a shell would (quotes and backslashes), without
@@ -706,14 +746,44 @@ mod tests {
         let d = Ipv4Addr::new(10, 0, 2, 15);
         let f = parse_hostfwd("tcp::2222-:22", d).unwrap();
         assert_eq!(
-            (f.udp, f.host.port(), *f.guest.ip(), f.guest.port()),
-            (false, 2222, d, 22)
+            (f.udp, f.host, f.guest),
+            (
+                false,
+                "0.0.0.0:2222".parse().unwrap(),
+                "10.0.2.15:22".parse().unwrap()
+            )
         );
         let f = parse_hostfwd("udp:127.0.0.1:0x10-10.0.2.9:53", d).unwrap();
         assert_eq!(
-            (f.udp, *f.host.ip(), f.host.port(), *f.guest.ip()),
-            (true, Ipv4Addr::LOCALHOST, 16, Ipv4Addr::new(10, 0, 2, 9))
+            (f.udp, f.host, f.guest),
+            (
+                true,
+                "127.0.0.1:16".parse().unwrap(),
+                "10.0.2.9:53".parse().unwrap()
+            )
         );
+        // netdevd's IPv6 forms.
+        for (r, host, guest) in [
+            ("tcp:[::1]:2222-:22", "[::1]:2222", "10.0.2.15:22"),
+            (
+                "tcp:[::1]:2222-[fec0::15]:22",
+                "[::1]:2222",
+                "[fec0::15]:22",
+            ),
+            ("udp:[]:53-[]:53", "[::]:53", "[::]:53"),
+            (
+                "tcp:127.0.0.1:80-[fec0::9]:8080",
+                "127.0.0.1:80",
+                "[fec0::9]:8080",
+            ),
+        ] {
+            let f = parse_hostfwd(r, d).unwrap();
+            assert_eq!(
+                (f.host, f.guest),
+                (host.parse().unwrap(), guest.parse().unwrap()),
+                "{r}"
+            );
+        }
         for (r, why) in [
             ("tcp", "No : separators"),
             ("sctp::1-:2", "Bad protocol name"),
@@ -725,6 +795,12 @@ mod tests {
             ("tcp::1-y:2", "Bad guest address"),
             ("tcp::1-:0", "Bad guest port"),
             ("tcp::1-:70000", "Bad guest port"),
+            ("tcp:[::1:1-:2", "Bad host address"),
+            ("tcp:[fec0::zz]:1-:2", "Bad host address"),
+            ("tcp:[::1]1-:2", "Missing : separator"),
+            ("tcp:[::1]:1-[fec0::15]", "Missing guest address"),
+            ("tcp:[::1]:1-[10.0.2.15]:2", "Bad guest address"),
+            ("tcp:[::1]:1-[::1]:0", "Bad guest port"),
         ] {
             assert_eq!(
                 parse_hostfwd(r, d).unwrap_err().desc,

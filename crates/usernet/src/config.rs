@@ -7,10 +7,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFwd {
     pub udp: bool,
-    /// Where the host listens (`0.0.0.0` for any address).
-    pub host: std::net::SocketAddrV4,
-    /// Where in the guest connections go.
-    pub guest: std::net::SocketAddrV4,
+    /// Where the host listens (`0.0.0.0` for any IPv4 address, `[::]` for any IPv6 one).
+    pub host: std::net::SocketAddr,
+    /// Where in the guest connections go, IPv4 or IPv6 whatever the host side's family;
+    /// `[::]` stands for the guest's first IPv6 address learnt in the prefix
+    /// ([`crate::stack::Stack::forward_guest`]).
+    pub guest: std::net::SocketAddr,
     /// The rule as the user wrote it (for messages).
     pub rule: String,
 }

@@ -8,10 +8,11 @@
 //!   address stands for the host's loopback, the DNS address for the upstream resolver),
 //!   with hostfwd/guestfwd driven by the embedder; read-only TFTP ([`tftp`]); `restrict`.
 //! - done (IPv6): NDP for the stack's addresses, router advertisements for SLAAC with
-//!   RDNSS/DNSSL, stateless DHCPv6 ([`dhcpv6`]), ICMPv6 echo (answered for the stack's
-//!   addresses, through ICMPv6 sockets to others), UDP (and so DNS) over IPv6.
-//! - not yet: TCP over IPv6, IPv6 port forwards. (`smb` is the embedder's: a guest forward
-//!   to a command, see [`config::Config::smb_dir`].)
+//!   RDNSS/DNSSL and a default route, stateless DHCPv6 ([`dhcpv6`]), ICMPv6 echo (answered
+//!   for the stack's addresses, through ICMPv6 sockets to others), UDP (and so DNS) and TCP
+//!   over IPv6 by the same translation as IPv4, port forwards from and into IPv6.
+//! - `smb` is the embedder's: a guest forward to a command, see
+//!   [`config::Config::smb_dir`].
 //!
 //! The protocol logic is sans-IO ([`stack::Stack`]): it takes frames and datagrams and
 //! returns frames; host sockets are opened through the [`stack::HostIo`] trait by whoever

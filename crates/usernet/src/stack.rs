@@ -21,7 +21,7 @@
 //! dispatch of guest frames by protocol; each protocol is a file of its own beside it:
 //! `egress.rs` (frames toward the guest, the buffer pool), `arp.rs`, `icmp.rs`, `udp.rs` (the
 //! UDP/ICMP flow table, both families), `services.rs` (DHCP and TFTP framed), `tcp.rs`
-//! (IPv4 only so far), `ipv6.rs` (IPv6 dispatch, ICMPv6 echo, UDP over IPv6, DHCPv6) and
+//! (both families), `ipv6.rs` (IPv6 dispatch, ICMPv6 echo, UDP over IPv6, DHCPv6) and
 //! `ndp.rs` (neighbor and router discovery).
 
 use std::collections::{HashMap, VecDeque};
@@ -29,9 +29,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
+use netdevd_wire::ip::IpHeader;
 use netdevd_wire::packet::{
     icmp_frame, tcp_frame, tcp_frame_in_place, udp_frame, Arp, Eth, Ipv4, Tcp, Udp, ETHERTYPE_ARP,
-    ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_FRAME_HLEN,
+    ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP6_FRAME_HLEN,
+    TCP_FRAME_HLEN,
 };
 
 use netdevd_wire::ipv6::{
@@ -59,7 +61,7 @@ mod tcp;
 mod tests;
 mod udp;
 
-use egress::{eth_to_guest, give_back, ipv4_to_guest, push_frame};
+use egress::{eth_to_guest, give_back, ip_to_guest, push_frame};
 use udp::UdpFlow;
 
 /// UDP flows at once.
@@ -183,11 +185,9 @@ pub enum DropReason {
     /// A DHCPv6 message the stateless server does not answer (Solicit, malformed, for
     /// another server).
     OtherDhcpv6,
-    /// IPv6 the stack does not serve yet (TCP, UDP, echo to other hosts).
-    Ipv6NotYet,
     /// Neither ARP nor IP.
     OtherEthertype,
-    /// IPv4 carrying neither TCP, UDP nor ICMP.
+    /// IP carrying neither TCP, UDP nor ICMP (ICMPv6).
     OtherIpProto,
     /// `restrict=on` keeps the guest from opening this flow.
     Restricted,
@@ -202,7 +202,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::BadEthernet,
         DropReason::BadOffload,
         DropReason::BadArp,
@@ -217,7 +217,6 @@ impl DropReason {
         DropReason::BadNdp,
         DropReason::OtherIcmpv6,
         DropReason::OtherDhcpv6,
-        DropReason::Ipv6NotYet,
         DropReason::OtherEthertype,
         DropReason::OtherIpProto,
         DropReason::Restricted,
@@ -244,7 +243,6 @@ impl DropReason {
             DropReason::BadNdp => "bad-ndp",
             DropReason::OtherIcmpv6 => "other-icmpv6",
             DropReason::OtherDhcpv6 => "other-dhcpv6",
-            DropReason::Ipv6NotYet => "ipv6-not-yet",
             DropReason::OtherEthertype => "other-ethertype",
             DropReason::OtherIpProto => "other-ip-protocol",
             DropReason::Restricted => "restricted",
@@ -310,7 +308,7 @@ pub struct Stack {
     by_key: HashMap<(SocketAddr, SocketAddr), FlowId>,
     by_icmp_key: HashMap<(SocketAddr, SocketAddr), FlowId>,
     tcp: HashMap<FlowId, TcpFlow>,
-    by_tcp_key: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    by_tcp_key: HashMap<(SocketAddr, SocketAddr), FlowId>,
     tftp: Option<TftpServer>,
     next_id: FlowId,
     ip_id: u16,
@@ -388,7 +386,7 @@ impl Stack {
     }
 
     /// A frame from the guest with virtio-net offload metadata: a partial checksum is taken
-    /// as the sender's promise (not verified), and a TCPv4 segmentation-offloaded frame is
+    /// as the sender's promise (not verified), and a TCP segmentation-offloaded frame is
     /// taken whole as one large segment (the host socket does not care how bytes were cut).
     /// Other kinds are finished in software first.
     pub fn from_guest_offloaded(
@@ -399,7 +397,10 @@ impl Stack {
         io: &mut dyn HostIo,
     ) {
         let gso = hdr.gso_type & !VirtioNetHdr::GSO_ECN;
-        if gso == VirtioNetHdr::GSO_NONE || gso == VirtioNetHdr::GSO_TCPV4 {
+        if matches!(
+            gso,
+            VirtioNetHdr::GSO_NONE | VirtioNetHdr::GSO_TCPV4 | VirtioNetHdr::GSO_TCPV6
+        ) {
             let verify = hdr.flags & VirtioNetHdr::NEEDS_CSUM == 0;
             return self.take_guest_frame(frame, verify, now, io);
         }
@@ -452,7 +453,7 @@ impl Stack {
         };
         match ip.proto {
             PROTO_UDP => self.udp(eth, ip, payload, verify, now, io),
-            PROTO_TCP => self.tcp_from_guest(ip, payload, verify, now, io),
+            PROTO_TCP => self.tcp_from_guest(IpHeader::V4(ip), payload, verify, now, io),
             PROTO_ICMP => self.icmp(eth, ip, payload, now, io),
             _ => self.drop_frame(DropReason::OtherIpProto),
         }

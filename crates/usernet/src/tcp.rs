@@ -1,6 +1,7 @@
 //! TCP translated onto host sockets (the guest connects out): the stack speaks TCP to the
 //! guest only as far as needed to move bytes to and from one host socket per connection —
-//! the host kernel's TCP does the real work toward the peer (passt's design).
+//! the host kernel's TCP does the real work toward the peer (passt's design). IPv4 and IPv6
+//! alike: a flow's addresses are `SocketAddr`s of one family.
 //!
 //! What is kept per flow (sequence numbers are [`Seq`], modulo 2^32):
 //! - guest → host: `rcv_nxt` (next byte expected from the guest) and `to_host`, bytes the
@@ -21,7 +22,7 @@
 //! virtual link does not lose frames except when a queue is full, which retransmission
 //! covers), keeping TIME_WAIT (the host socket holds the real connection's state).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Bytes from the guest buffered for a slow host socket.
@@ -89,9 +90,9 @@ pub const SYN_RETRIES: u32 = 6;
 /// One translated connection.
 #[derive(Debug)]
 pub struct TcpFlow {
-    pub guest: SocketAddrV4,
-    /// The remote end as the guest sees it.
-    pub remote: SocketAddrV4,
+    pub guest: SocketAddr,
+    /// The remote end as the guest sees it (the same family as `guest`).
+    pub remote: SocketAddr,
     pub phase: Phase,
     /// Our initial sequence number (the SYN-ACK's).
     pub isn: Seq,

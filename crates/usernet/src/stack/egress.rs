@@ -1,5 +1,5 @@
 //! Frames toward the guest: the bounded queue, the buffer pool big frames are built in, and
-//! the IPv4 identification counter.
+//! the IP headers of what the stack sends (the IPv4 identification counter).
 
 use super::*;
 
@@ -62,7 +62,8 @@ impl Stack {
     }
 }
 
-/// The Ethernet header of an IPv4 frame from the stack to the guest at `mac`.
+/// The Ethernet header of a frame from the stack to the guest at `mac` (type IPv4; the TCP
+/// frame builder sets it by the IP header's family).
 pub(super) fn eth_to_guest(mac: [u8; 6]) -> Eth {
     Eth {
         dst: mac,
@@ -81,6 +82,29 @@ pub(super) fn ipv4_to_guest(ip_id: &mut u16, src: Ipv4Addr, dst: Ipv4Addr, proto
         proto,
         ttl: 64,
         id: *ip_id,
+    }
+}
+
+/// The IP header of a packet from the stack to the guest, of `src`'s and `dst`'s family
+/// (TTL and hop limit 64; IPv4 takes the next identification from `ip_id`). Flows are
+/// keyed within one family, so the two addresses always share it; were they ever mixed,
+/// the IPv4 one is written IPv4-mapped.
+pub(super) fn ip_to_guest(ip_id: &mut u16, src: IpAddr, dst: IpAddr, proto: u8) -> IpHeader {
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4_to_guest(ip_id, src, dst, proto).into(),
+        (src, dst) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.to_ipv6_mapped(),
+                IpAddr::V6(a) => a,
+            };
+            Ipv6 {
+                src: v6(src),
+                dst: v6(dst),
+                proto,
+                hop_limit: 64,
+            }
+            .into()
+        }
     }
 }
 

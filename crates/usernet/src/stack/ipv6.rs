@@ -2,8 +2,8 @@
 //! address learnt, ICMPv6 handed to NDP ([`super::ndp`]) or answered when it is an echo
 //! request to one of the stack's addresses, UDP translated by the flow table both families
 //! share ([`super::udp`]; DNS to `ipv6_dns` goes to the upstream resolver whatever its
-//! family), stateless DHCPv6 ([`crate::dhcpv6`]) answered. TCP over IPv6 is not translated
-//! yet: counted and dropped.
+//! family), TCP handed to the translation both families share ([`super::tcp`]), stateless
+//! DHCPv6 ([`crate::dhcpv6`]) answered.
 
 use super::*;
 use crate::dhcpv6;
@@ -26,8 +26,14 @@ impl Stack {
         if ip.proto == PROTO_UDP {
             return self.udp6(eth, ip, payload, verify, now, io);
         }
+        if ip.proto == PROTO_TCP {
+            if ip.src.is_unspecified() || ip.dst.is_multicast() {
+                return self.drop_frame(DropReason::Unroutable);
+            }
+            return self.tcp_from_guest(IpHeader::V6(ip), payload, verify, now, io);
+        }
         if ip.proto != PROTO_ICMPV6 {
-            return self.drop_frame(DropReason::Ipv6NotYet);
+            return self.drop_frame(DropReason::OtherIpProto);
         }
         let Some(m) = Icmpv6::parse(&ip, payload) else {
             return self.drop_frame(DropReason::BadIcmpv6);

@@ -7,13 +7,16 @@
 //!
 //! The advertisement carries the prefix (on-link, autonomous: SLAAC), the MTU, and — unless
 //! `restrict` — RDNSS with `ipv6_dns` (whatever family the upstream resolvers are: queries
-//! to it are relayed to them) and DNSSL from `dnssearch` (RFC 8106). Until TCP over IPv6 is
-//! The O flag says stateless DHCPv6 ([`crate::dhcpv6`]) has the same DNS information. Until
-//! TCP over IPv6 is translated it offers no default route (router lifetime 0): a guest would otherwise send
-//! its IPv6 connections to a router that drops them.
+//! to it are relayed to them) and DNSSL from `dnssearch` (RFC 8106). The O flag says
+//! stateless DHCPv6 ([`crate::dhcpv6`]) has the same DNS information. The stack is the
+//! default router ([`ROUTER_LIFETIME`], libslirp's 1800 s): TCP, UDP and echo requests to
+//! any address outside the prefix are translated onto host sockets.
 
 use super::*;
 
+/// How long the guest may use the stack as its default router (libslirp's 1800 s, three
+/// times its longest advertisement interval); renewed by every advertisement.
+pub const ROUTER_LIFETIME: u16 = 1800;
 /// Unsolicited router advertisements, this often.
 pub const RA_INTERVAL: Duration = Duration::from_secs(60);
 /// How long the advertised DNS server and search list stay valid (RFC 8106 §5.1 asks for
@@ -75,13 +78,27 @@ impl Stack {
         &self.guest_ip6
     }
 
+    /// Where a host-side forward (`hostfwd`) into `guest` goes now: `guest` itself, or for
+    /// `[::]` the guest's first IPv6 address learnt in the prefix (`None` until there is
+    /// one: the connection is refused).
+    pub fn forward_guest(&self, guest: SocketAddr) -> Option<SocketAddr> {
+        match guest {
+            SocketAddr::V6(g) if g.ip().is_unspecified() => self
+                .guest_ip6
+                .iter()
+                .find(|a| self.cfg.in_prefix6(**a))
+                .map(|a| SocketAddr::new(IpAddr::V6(*a), g.port())),
+            g => Some(g),
+        }
+    }
+
     /// Send a router advertisement to all nodes, and schedule the next unsolicited one.
     pub(super) fn router_advert(&mut self, now: Instant) {
         self.next_ra = Some(now + RA_INTERVAL);
         let ra = RouterAdvert {
             hop_limit: 64,
             other_config: true,
-            router_lifetime: 0,
+            router_lifetime: ROUTER_LIFETIME,
             source_ll: GATEWAY_MAC,
             mtu: u32::from(self.cfg.mtu),
             prefix: self.cfg.ipv6_prefix,

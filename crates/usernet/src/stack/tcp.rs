@@ -1,7 +1,8 @@
 //! TCP translation, the stack's side: segments from the guest, the host socket's events,
 //! frames toward the guest, timers. The per-connection state and its constants are
 //! [`crate::tcp::TcpFlow`]; the flows live in `Stack::tcp`, keyed by id, with
-//! `Stack::by_tcp_key` indexing them by (remote, guest) address.
+//! `Stack::by_tcp_key` indexing them by (guest, remote) socket address, IPv4 and IPv6 alike:
+//! only the headers of the frames differ (`GSO_TCPV4` or `GSO_TCPV6` when offloaded).
 
 use super::*;
 
@@ -12,25 +13,28 @@ impl Stack {
 
     pub(super) fn tcp_out(
         &mut self,
-        remote: SocketAddrV4,
-        guest: SocketAddrV4,
+        remote: SocketAddr,
+        guest: SocketAddr,
         t: Tcp,
         payload: &[u8],
     ) {
         let Some(mac) = self.guest_mac else {
-            return self.who_has(*guest.ip());
+            // The guest has not been heard yet: ask for it (IPv4; an IPv6 guest is known
+            // only from what it sent, which taught the MAC).
+            if let IpAddr::V4(g) = guest.ip() {
+                self.who_has(g);
+            }
+            return;
         };
-        let (eth, ip) = self.headers_to_guest(mac, *remote.ip(), *guest.ip(), PROTO_TCP);
-        self.push(tcp_frame(eth, ip, &t, payload));
+        let ip = ip_to_guest(&mut self.ip_id, remote.ip(), guest.ip(), PROTO_TCP);
+        self.push(tcp_frame(eth_to_guest(mac), ip, &t, payload));
     }
 
     /// Answer a segment that belongs to no connection with RST (RFC 793 "reset generation").
-    pub(super) fn tcp_reset(&mut self, ip: &Ipv4, t: &Tcp, len: usize) {
+    pub(super) fn tcp_reset(&mut self, guest: SocketAddr, remote: SocketAddr, t: &Tcp, len: usize) {
         if t.flags & Tcp::RST != 0 {
             return;
         }
-        let remote = SocketAddrV4::new(ip.dst, t.dst_port);
-        let guest = SocketAddrV4::new(ip.src, t.src_port);
         let syn_fin = (t.flags & (Tcp::SYN | Tcp::FIN) != 0) as u32;
         let r = if t.flags & Tcp::ACK != 0 {
             Tcp {
@@ -52,29 +56,25 @@ impl Stack {
         self.tcp_out(remote, guest, r, &[]);
     }
 
-    /// Where a guest connection to `remote` goes on the host, if anywhere.
-    pub(super) fn tcp_target(&self, remote: SocketAddrV4) -> Option<SocketAddr> {
-        self.target(SocketAddr::V4(remote))
-    }
-
+    /// A segment from the guest, over either family.
     pub(super) fn tcp_from_guest(
         &mut self,
-        ip: Ipv4,
+        ip: IpHeader,
         p: &[u8],
         verify: bool,
         now: Instant,
         io: &mut dyn HostIo,
     ) {
-        let Some((t, data)) = Tcp::parse_with(&ip, p, verify) else {
+        let Some((t, data)) = Tcp::parse_ip(&ip, p, verify) else {
             return self.drop_frame(DropReason::BadTcp);
         };
-        let guest = SocketAddrV4::new(ip.src, t.src_port);
-        let remote = SocketAddrV4::new(ip.dst, t.dst_port);
+        let guest = SocketAddr::new(ip.src(), t.src_port);
+        let remote = SocketAddr::new(ip.dst(), t.dst_port);
         let Some(&id) = self.by_tcp_key.get(&(guest, remote)) else {
             if t.flags & (Tcp::SYN | Tcp::ACK | Tcp::RST) == Tcp::SYN {
-                return self.tcp_open(ip, t, now, io);
+                return self.tcp_open(guest, remote, t, now, io);
             }
-            return self.tcp_reset(&ip, &t, data.len());
+            return self.tcp_reset(guest, remote, &t, data.len());
         };
         if t.flags & Tcp::RST != 0 {
             io.tcp_close(id, true);
@@ -177,27 +177,32 @@ impl Stack {
         self.tcp_maybe_done(id, io);
     }
 
-    pub(super) fn tcp_open(&mut self, ip: Ipv4, t: Tcp, now: Instant, io: &mut dyn HostIo) {
-        let guest = SocketAddrV4::new(ip.src, t.src_port);
-        let remote = SocketAddrV4::new(ip.dst, t.dst_port);
+    pub(super) fn tcp_open(
+        &mut self,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        t: Tcp,
+        now: Instant,
+        io: &mut dyn HostIo,
+    ) {
         // guestfwd rules apply even to a restricted guest.
         let fwd = self
             .cfg
             .guestfwd
             .iter()
-            .find(|g| g.server == remote)
+            .find(|g| SocketAddr::V4(g.server) == remote)
             .map(|g| g.target.clone());
         let target = match fwd {
             Some(t) => Some(t),
             None if self.cfg.restrict => None,
-            None => self.tcp_target(remote).map(GuestFwdTarget::Addr),
+            None => self.target(remote).map(GuestFwdTarget::Addr),
         };
         let Some(target) = target else {
-            return self.tcp_reset(&ip, &t, 0);
+            return self.tcp_reset(guest, remote, &t, 0);
         };
         if self.tcp.len() >= MAX_TCP_FLOWS {
             self.stats.refused += 1;
-            return self.tcp_reset(&ip, &t, 0);
+            return self.tcp_reset(guest, remote, &t, 0);
         }
         let id = self.alloc_id();
         let started = match &target {
@@ -206,7 +211,7 @@ impl Stack {
         };
         let Ok(connected) = started else {
             self.stats.refused += 1;
-            return self.tcp_reset(&ip, &t, 0);
+            return self.tcp_reset(guest, remote, &t, 0);
         };
         let nanos = now.elapsed().as_nanos() as u32 ^ (id.wrapping_mul(2_654_435_761));
         let isn = Seq(nanos ^ (self.ip_id as u32) << 16);
@@ -247,12 +252,13 @@ impl Stack {
     }
 
     /// A host connection arrived on a forwarded port: it goes to `guest`, appearing to come
-    /// from the gateway address with the client's port (as libslirp shows a loopback
-    /// client). Returns the flow's id; the driver keeps the accepted socket under it. `None`
-    /// when the flow limit is reached (the driver closes the socket).
+    /// from the gateway address of `guest`'s family (`host` or `ipv6_host`) with the
+    /// client's port (as libslirp shows a loopback client). Returns the flow's id; the
+    /// driver keeps the accepted socket under it. `None` when the flow limit is reached (the
+    /// driver closes the socket).
     pub fn tcp_inbound(
         &mut self,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         client_port: u16,
         now: Instant,
     ) -> Option<FlowId> {
@@ -260,7 +266,11 @@ impl Stack {
             self.stats.refused += 1;
             return None;
         }
-        let remote = SocketAddrV4::new(self.cfg.host, client_port);
+        let host = match guest {
+            SocketAddr::V4(_) => IpAddr::V4(self.cfg.host),
+            SocketAddr::V6(_) => IpAddr::V6(self.cfg.ipv6_host),
+        };
+        let remote = SocketAddr::new(host, client_port);
         if self.by_tcp_key.contains_key(&(guest, remote)) {
             return None;
         }
@@ -431,8 +441,10 @@ impl Stack {
             return;
         }
         let Some(mac) = *guest_mac else {
-            let guest = *f.guest.ip();
-            return self.who_has(guest);
+            if let IpAddr::V4(guest) = f.guest.ip() {
+                self.who_has(guest);
+            }
+            return;
         };
         let mss = f.guest_mss.max(1) as usize;
         let max_seg = if *offload {
@@ -441,6 +453,8 @@ impl Stack {
             mss
         };
         let eth = eth_to_guest(mac);
+        let v4 = f.remote.is_ipv4();
+        let hlen = if v4 { TCP_FRAME_HLEN } else { TCP6_FRAME_HLEN };
         let mut sent = false;
         let mut broken = false;
         while f.fin_seq.is_none() && f.host_data {
@@ -461,9 +475,9 @@ impl Stack {
             let mut frame = if n > SMALL_PAYLOAD {
                 spare.pop().unwrap_or_else(|| Vec::with_capacity(FRAME_BUF))
             } else {
-                Vec::with_capacity(TCP_FRAME_HLEN + n)
+                Vec::with_capacity(hlen + n)
             };
-            frame.resize(TCP_FRAME_HLEN, 0);
+            frame.resize(hlen, 0);
             let got = match io.tcp_peek(id, in_flight, &mut frame, n) {
                 Ok(0) => {
                     f.host_eof = true;
@@ -490,26 +504,26 @@ impl Stack {
                 give_back(spare, frame);
                 break;
             };
-            frame.truncate(TCP_FRAME_HLEN + got);
+            frame.truncate(hlen + got);
             // A short read in a big buffer: moved to one of its size, so that frames
             // waiting for the guest cost what they carry.
             if got <= SMALL_PAYLOAD && frame.capacity() >= FRAME_BUF {
-                let big = std::mem::replace(&mut frame, Vec::with_capacity(TCP_FRAME_HLEN + got));
+                let big = std::mem::replace(&mut frame, Vec::with_capacity(hlen + got));
                 frame.extend_from_slice(&big);
                 give_back(spare, big);
             }
-            let ip = ipv4_to_guest(ip_id, *f.remote.ip(), *f.guest.ip(), PROTO_TCP);
+            let ip = ip_to_guest(ip_id, f.remote.ip(), f.guest.ip(), PROTO_TCP);
             let t = f.segment(Tcp::ACK | Tcp::PSH, f.snd_nxt);
             let gso = offload.then(|| VirtioNetHdr {
                 flags: VirtioNetHdr::NEEDS_CSUM,
-                gso_type: if got > mss {
-                    VirtioNetHdr::GSO_TCPV4
-                } else {
-                    VirtioNetHdr::GSO_NONE
+                gso_type: match (got > mss, v4) {
+                    (false, _) => VirtioNetHdr::GSO_NONE,
+                    (true, true) => VirtioNetHdr::GSO_TCPV4,
+                    (true, false) => VirtioNetHdr::GSO_TCPV6,
                 },
-                hdr_len: TCP_FRAME_HLEN as u16,
+                hdr_len: hlen as u16,
                 gso_size: if got > mss { mss as u16 } else { 0 },
-                csum_start: 34,
+                csum_start: (hlen - 20) as u16,
                 csum_offset: 16,
             });
             tcp_frame_in_place(&mut frame, eth, ip, &t, gso.is_some());

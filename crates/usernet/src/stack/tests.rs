@@ -569,7 +569,7 @@ fn tcp_inbound_handshake_learns_the_guest_mac_first() {
     let mut h = FakeHost::default();
     let now = Instant::now();
     let guest = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 22);
-    let id = s.tcp_inbound(guest, 5555, now).unwrap();
+    let id = s.tcp_inbound(guest.into(), 5555, now).unwrap();
     // No MAC known yet: an ARP request goes out instead of the SYN.
     let f = s.pop_frame().unwrap();
     let (e, rest) = Eth::parse(&f).unwrap();
@@ -1118,4 +1118,167 @@ fn udp_over_ipv6_shares_the_flow_table() {
     r.from_guest(&guest_udp6(me, dns, 5353, 53, b"query"), now, &mut h2);
     assert!(h2.open.is_empty());
     assert_eq!(r.stats.drops[DropReason::Restricted as usize], 1);
+}
+
+fn guest_tcp6(src: Ipv6Addr, dst: Ipv6Addr, t: Tcp, data: &[u8]) -> Vec<u8> {
+    let ip = Ipv6 {
+        src,
+        dst,
+        proto: PROTO_TCP,
+        hop_limit: 64,
+    };
+    let eth = Eth {
+        dst: GATEWAY_MAC,
+        src: GUEST,
+        ethertype: ETHERTYPE_IPV6,
+    };
+    tcp_frame(eth, ip, &t, data)
+}
+
+/// Every TCP segment over IPv6 queued for the guest (offloaded ones finished first, as the
+/// core does for a plain receiver), with its addresses and the frame's GSO type.
+fn to_guest_tcp6(s: &mut Stack) -> Vec<(Ipv6, Tcp, Vec<u8>, u8)> {
+    let mut out = Vec::new();
+    while let Some((f, hdr)) = s.pop_frame_offload() {
+        let gso = hdr.map(|h| h.gso_type).unwrap_or(0);
+        let mut segs = Vec::new();
+        match hdr {
+            Some(h) => {
+                netdevd_wire::gso::finish_frame(&f, &h, &mut |g| segs.push(g.to_vec())).unwrap()
+            }
+            None => segs.push(f),
+        }
+        for g in segs {
+            let (eth, rest) = Eth::parse(&g).unwrap();
+            if eth.ethertype != ETHERTYPE_IPV6 {
+                continue;
+            }
+            let (ip, p) = Ipv6::parse(rest).unwrap();
+            if ip.proto == PROTO_TCP {
+                let (t, d) = Tcp::parse_ip(&ip.into(), p, true).expect("checksum verifies");
+                out.push((ip, t, d.to_vec(), gso));
+            }
+        }
+    }
+    out
+}
+
+/// TCP over IPv6 is the same translation as over IPv4: the handshake once the host connect
+/// succeeds, data both ways (as `GSO_TCPV6` frames with offloads), FIN; prefix addresses
+/// stand for the host's ::1, others for themselves; resets for what belongs to no flow; a
+/// restricted guest is refused; forwards into the guest come from `ipv6_host`.
+#[test]
+fn tcp_over_ipv6_both_ways() {
+    let mut s = Stack::new(Config::default());
+    s.set_offload(true);
+    let mut h = FakeHost::default();
+    let now = Instant::now();
+    let me: Ipv6Addr = "fec0::5054:ff:fe12:3456".parse().unwrap();
+    let gw: Ipv6Addr = "fec0::2".parse().unwrap();
+    s.from_guest(&guest_tcp6(me, gw, guest_syn(), b""), now, &mut h);
+    let (&id, &target) = h.open.iter().next().unwrap();
+    assert_eq!(target, "[::1]:80".parse().unwrap());
+    s.tcp_connected(id, true, now, &mut h);
+    let out = to_guest_tcp6(&mut s);
+    let (ip, sa, _, _) = out.last().unwrap().clone();
+    assert_eq!((ip.src, ip.dst), (gw, me));
+    assert_eq!((sa.flags, sa.ack), (Tcp::SYN | Tcp::ACK, 1001));
+    let ours = sa.seq.wrapping_add(1);
+    let seg = |seq: u32, ack: u32, flags: u8| Tcp {
+        src_port: 40000,
+        dst_port: 80,
+        seq,
+        ack,
+        flags,
+        window: 8000,
+        ..Tcp::default()
+    };
+    s.from_guest(
+        &guest_tcp6(me, gw, seg(1001, ours, Tcp::ACK | Tcp::PSH), b"GET /"),
+        now,
+        &mut h,
+    );
+    assert_eq!(h.sent.last().unwrap(), &(id, b"GET /".to_vec()));
+    // Host data: large IPv6 offloaded frames, cut into the guest's MSS.
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + i / 11) as u8).collect();
+    h.inbox = data.clone();
+    s.tcp_readable(id, false, now, &mut h);
+    let segs = to_guest_tcp6(&mut s);
+    assert!(segs.iter().any(|s| s.3 == VirtioNetHdr::GSO_TCPV6));
+    let got: Vec<u8> = segs.iter().flat_map(|s| s.2.clone()).collect();
+    assert_eq!(got, data);
+    assert!(segs.iter().all(|s| s.2.len() <= 1460 && s.1.ack == 1006));
+    // The guest acknowledges everything and closes; the host closes: the flow goes.
+    let end = ours.wrapping_add(data.len() as u32);
+    s.from_guest(
+        &guest_tcp6(me, gw, seg(1006, end, Tcp::ACK | Tcp::FIN), b""),
+        now,
+        &mut h,
+    );
+    assert_eq!(h.shut, vec![id]);
+    h.inbox.clear();
+    h.eof = true;
+    s.tcp_readable(id, true, now, &mut h);
+    let fin = to_guest_tcp6(&mut s);
+    assert!(fin
+        .iter()
+        .any(|s| s.1.flags & Tcp::FIN != 0 && s.1.seq == end));
+    s.from_guest(
+        &guest_tcp6(me, gw, seg(1007, end.wrapping_add(1), Tcp::ACK), b""),
+        now,
+        &mut h,
+    );
+    assert_eq!(s.tcp_flows(), 0);
+    // Outside the prefix: the address itself. A stray ACK: reset. Link-local: reset.
+    let far: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    s.from_guest(&guest_tcp6(me, far, guest_syn(), b""), now, &mut h);
+    assert_eq!(
+        h.open.values().last(),
+        Some(&"[2001:db8::1]:80".parse().unwrap())
+    );
+    s.from_guest(&guest_tcp6(me, gw, seg(5, 6, Tcp::ACK), b""), now, &mut h);
+    s.from_guest(
+        &guest_tcp6(me, "fe80::1".parse().unwrap(), guest_syn(), b""),
+        now,
+        &mut h,
+    );
+    let resets = to_guest_tcp6(&mut s);
+    assert_eq!(
+        resets.iter().filter(|s| s.1.flags & Tcp::RST != 0).count(),
+        2
+    );
+    assert_eq!(h.open.len(), 1);
+    // A bad checksum is a counted drop.
+    let mut bad = guest_tcp6(me, gw, guest_syn(), b"");
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    s.from_guest(&bad, now, &mut h);
+    assert_eq!(s.stats.drops[DropReason::BadTcp as usize], 1);
+    // A forward into the guest: `[::]` is the first address learnt in the prefix, and
+    // the SYN comes from ipv6_host.
+    assert_eq!(
+        s.forward_guest("[::]:22".parse().unwrap()),
+        Some(SocketAddr::new(me.into(), 22))
+    );
+    let fid = s
+        .tcp_inbound(SocketAddr::new(me.into(), 22), 5555, now)
+        .unwrap();
+    let syn = to_guest_tcp6(&mut s);
+    let (ip, t, _, _) = syn.last().unwrap();
+    assert_eq!((ip.src, ip.dst, t.flags), (gw, me, Tcp::SYN));
+    assert_eq!((t.src_port, t.dst_port), (5555, 22));
+    assert!(fid != id);
+    // Restricted: refused with a reset, nothing opened.
+    let mut r = Stack::new(Config {
+        restrict: true,
+        ..Config::default()
+    });
+    let mut h2 = FakeHost::default();
+    // (No guest address learnt yet: a forward to `[::]` has nowhere to go.)
+    assert_eq!(r.forward_guest("[::]:22".parse().unwrap()), None);
+    r.from_guest(&guest_tcp6(me, gw, guest_syn(), b""), now, &mut h2);
+    assert!(h2.open.is_empty());
+    assert!(to_guest_tcp6(&mut r)
+        .iter()
+        .any(|s| s.1.flags & Tcp::RST != 0));
 }

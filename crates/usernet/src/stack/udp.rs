@@ -167,18 +167,21 @@ impl Stack {
     }
 
     /// A datagram arrived on a forwarded host UDP port from a client at port `client_port`:
-    /// it goes to `guest`, from the gateway address with the client's port. Returns the
+    /// it goes to `guest`, from the gateway address of its family with the client's port. Returns the
     /// flow's id and whether it is new (the driver then remembers where replies go); `None`
     /// when the flow limit is reached.
     pub fn udp_inbound(
         &mut self,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         client_port: u16,
         data: &[u8],
         now: Instant,
     ) -> Option<(FlowId, bool)> {
-        let guest = SocketAddr::V4(guest);
-        let remote = SocketAddr::V4(SocketAddrV4::new(self.cfg.host, client_port));
+        let host = match guest {
+            SocketAddr::V4(_) => IpAddr::V4(self.cfg.host),
+            SocketAddr::V6(_) => IpAddr::V6(self.cfg.ipv6_host),
+        };
+        let remote = SocketAddr::new(host, client_port);
         let (id, new) = match self.by_key.get(&(guest, remote)) {
             Some(&id) => (id, false),
             None => {
