@@ -2,8 +2,10 @@
 //! messages read directly (no checksum to get right), the stateless DHCPv6 server on the
 //! raw bytes, and the stack fed well-formed IPv6
 //! frames around the input: any next header with the input as its chain, and ICMPv6 of
-//! any type with a correct checksum (NDP with hop limit 255, echo, the rest). Nothing may
-//! panic, and the stack answers at most one frame per ICMPv6 message.
+//! any type with a correct checksum (NDP with hop limit 255, echo, the rest), and TCP over
+//! IPv6 with correct checksums (a SYN opening a flow, then the input as a segment of it,
+//! options and all). Nothing may panic, and the stack answers at most one frame per ICMPv6
+//! message.
 #![no_main]
 
 use std::io;
@@ -14,7 +16,8 @@ use libfuzzer_sys::fuzz_target;
 use netdevd_usernet::stack::FlowId;
 use netdevd_usernet::{Config, HostIo, Stack};
 use netdevd_wire::ipv6::{icmpv6_frame, Icmpv6, Ipv6, Ndp, PROTO_ICMPV6};
-use netdevd_wire::packet::{Eth, ETHERTYPE_IPV6};
+use netdevd_wire::checksum;
+use netdevd_wire::packet::{tcp_frame, Eth, Tcp, ETHERTYPE_IPV6, PROTO_TCP};
 
 struct Host;
 
@@ -123,6 +126,44 @@ fuzz_target!(|data: &[u8]| {
             answers += 1;
         }
         assert!(answers <= 1, "{answers} frames for one ICMPv6 message");
+    }
+    // TCP over IPv6: a SYN from the input's ports, then the input as the next segment of
+    // the flow (its checksum made right), then the timers.
+    if rest.len() >= 20 {
+        let ip = Ipv6 {
+            src,
+            dst,
+            proto: PROTO_TCP,
+            hop_limit: 64,
+        };
+        let eth = Eth {
+            dst: GW_MAC,
+            src: GUEST_MAC,
+            ethertype: ETHERTYPE_IPV6,
+        };
+        let syn = Tcp {
+            src_port: u16::from_be_bytes([rest[0], rest[1]]),
+            dst_port: u16::from_be_bytes([rest[2], rest[3]]),
+            seq: u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]).wrapping_sub(1),
+            flags: Tcp::SYN,
+            window: 65535,
+            mss: Some(1440),
+            wscale: Some(rest[19] & 15),
+            ..Tcp::default()
+        };
+        s.from_guest(&tcp_frame(eth, ip, &syn, &[]), now, &mut host);
+        let mut seg = rest.to_vec();
+        seg[16] = 0;
+        seg[17] = 0;
+        let acc = checksum::pseudo_v6(&src.octets(), &dst.octets(), PROTO_TCP, seg.len());
+        let c = checksum::finish(checksum::sum(&seg, acc));
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut f = Vec::new();
+        eth.write(&mut f);
+        ip.write(seg.len(), &mut f);
+        f.extend_from_slice(&seg);
+        s.from_guest(&f, now, &mut host);
+        while s.pop_frame().is_some() {}
     }
     s.timers(now + std::time::Duration::from_secs(120), &mut host);
 });

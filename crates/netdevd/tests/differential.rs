@@ -155,7 +155,12 @@ fn qmp_answers_match_qemu() {
                 let qgot = q.first().cloned().unwrap_or(Value::Null);
                 let qwant = &case["qemu"];
                 let qok = match qwant.get("class") {
-                    Some(class) => qgot["error"]["class"] == *class,
+                    Some(class) => {
+                        qgot["error"]["class"] == *class
+                            && qwant
+                                .get("desc")
+                                .is_none_or(|d| qgot["error"]["desc"] == *d)
+                    }
                     None => qgot.get("return") == qwant.get("return"),
                 };
                 if !qok {

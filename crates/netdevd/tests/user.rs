@@ -177,13 +177,26 @@ fn ipv6_slaac_router_advert_ping_dns_and_udp_from_a_namespace() {
     let sock = dir.path("n.sock");
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, format!("nameserver {dns4}\n")).unwrap();
+    // Forwards from the host's ::1: into the guest's first IPv6 address (`[]`) and, QEMU's
+    // guest form, to its IPv4 address.
+    let free6 = || {
+        std::net::TcpListener::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (fwd6, fwd4) = (free6(), free6());
+    let user = format!(
+        "user,id=u,dnssearch=example.test,hostfwd=tcp:[::1]:{fwd6}-[]:8080,hostfwd=tcp:[::1]:{fwd4}-:8080"
+    );
     let mut d = start_netdevd(
         &sock,
         &[
             "--resolv-conf",
             resolv.to_str().unwrap(),
             "--netdev",
-            "user,id=u,dnssearch=example.test",
+            &user,
             "--netdev",
             "hubport,id=up,hubid=0,netdev=u",
         ],
@@ -238,6 +251,67 @@ fn ipv6_slaac_router_advert_ping_dns_and_udp_from_a_namespace() {
         ),
     );
     assert!(ok && out.contains("over six"), "UDP echo over IPv6: {out}");
+    // The advertisement makes netdevd the default router.
+    let (_, out) = sh(&ns, "ip -6 route show default");
+    assert!(
+        out.contains("via fe80::2"),
+        "no default route from the RA: {out}"
+    );
+    // TCP over IPv6: 1 MiB from an HTTP server on the host's ::1 through fec0::2 (curl -6),
+    // and 8 MiB the other way to a sink on ::1.
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let body: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("file"), &body).unwrap();
+    let (_http, hport) = common::http_server_on(&www, "::1");
+    let (ok, out) = sh(
+        &ns,
+        &format!("curl -6 -sS -g --max-time 20 http://[fec0::2]:{hport}/file | md5sum"),
+    );
+    let want = common::digest("md5sum", &www.join("file"));
+    assert!(ok && out.starts_with(&want), "curl -6: {out} vs {want}");
+    let sink = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let sport = sink.local_addr().unwrap().port();
+    let reader = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = sink.accept().unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        c.write_all(b"done").unwrap();
+        all
+    });
+    let (ok, out) = sh(
+        &ns,
+        &format!("python3 -c \"import socket; s=socket.create_connection(('fec0::2',{sport}),timeout=30); d=bytes(range(256))*32768; s.sendall(d); s.shutdown(1); print(s.recv(10))\""),
+    );
+    assert!(ok && out.contains("done"), "upload over IPv6: {out}");
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), 8 << 20);
+    assert!(
+        got.chunks(256)
+            .all(|c| c.iter().enumerate().all(|(i, &b)| b == i as u8)),
+        "upload bytes differ"
+    );
+    // The forwards from ::1: a server on the guest's port 8080 (both families) tells who
+    // it saw. Into IPv6, connections come from fec0::2; into IPv4 (the guest's 10.0.2.15,
+    // set by hand here), from 10.0.2.2.
+    let (ok, out) = sh(&ns, "ip addr add 10.0.2.15/24 dev tap0");
+    assert!(ok, "{out}");
+    let _srv = common::ns_python(
+        &ns,
+        "import socket\nl=socket.create_server(('::',8080), family=socket.AF_INET6, dualstack_ipv6=True)\nprint('up',flush=True)\nfor _ in range(2):\n    c,a=l.accept()\n    c.sendall(a[0].encode()+b' '+c.recv(100))\n    c.close()\n",
+    );
+    for (port, from) in [(fwd6, "fec0::2 "), (fwd4, "::ffff:10.0.2.2 ")] {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("::1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"hi6").unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert_eq!(answer, format!("{from}hi6"), "hostfwd from [::1]:{port}");
+    }
     // ISC dhclient, stateless: it takes the reply only with a Server Identifier. Its own
     // script would rewrite the machine's resolv.conf; ours only records what it got.
     let script = dir.path("dhclient6.sh");

@@ -41,7 +41,8 @@ fn must(ns: &Netns, cmd: &str) {
     assert!(ok, "{cmd}: {out}");
 }
 
-/// HTTP (serving `dir`), a TCP echo and a UDP echo, on every address of the namespace.
+/// HTTP (serving `dir`), a TCP echo and a UDP echo, on every address of the namespace, IPv4
+/// and IPv6 (dual-stack sockets).
 fn servers(ns: &Netns, dir: &std::path::Path) -> Proc {
     let script = format!(
         r#"
@@ -52,7 +53,8 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a): pass
 class Http(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
-threading.Thread(target=Http(('0.0.0.0', {HTTP}), Quiet).serve_forever, daemon=True).start()
+    address_family = socket.AF_INET6
+threading.Thread(target=Http(('::', {HTTP}), Quiet).serve_forever, daemon=True).start()
 class Echo(socketserver.BaseRequestHandler):
     def handle(self):
         while True:
@@ -63,9 +65,10 @@ class Tcp(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 2048
-threading.Thread(target=Tcp(('0.0.0.0', {ECHO}), Echo).serve_forever, daemon=True).start()
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.bind(('0.0.0.0', {UDP_ECHO}))
+    address_family = socket.AF_INET6
+threading.Thread(target=Tcp(('::', {ECHO}), Echo).serve_forever, daemon=True).start()
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.bind(('::', {UDP_ECHO}))
 def udp():
     while True:
         d, a = u.recvfrom(65536)
@@ -337,6 +340,34 @@ fn suite(nat: Nat) {
     assert!(addr, "{nat:?}: no SLAAC address");
     let (ok, out) = w.guest(&format!("ping -6 -c 2 -W 3 {p6}2"));
     assert!(ok, "{nat:?}: ping -6 {p6}2:\n{out}");
+    // Both are the default router; TCP and UDP over IPv6 reach the host's ::1 through the
+    // gateway address and a host outside through the route.
+    let (_, out) = w.guest("ip -6 route show default");
+    assert!(
+        out.contains("via fe80::2"),
+        "{nat:?}: no default route: {out}"
+    );
+    for to in [format!("{p6}2"), FAR6.to_string()] {
+        w.check(
+            "curl -6",
+            &format!(
+                "curl -6 -g -sS --max-time 30 http://[{to}]:{HTTP}/file | md5sum | cut -d' ' -f1"
+            ),
+            &w.md5,
+        );
+        w.check(
+            "tcp echo over IPv6",
+            &format!("python3 -c \"import socket; s=socket.create_connection(('{to}',{ECHO}),timeout=10); s.sendall(b'six'*1000); d=b''\nwhile len(d)<3000: d+=s.recv(4096)\nprint(d==b'six'*1000)\""),
+            "True",
+        );
+        w.check(
+            "udp echo over IPv6",
+            &format!(
+                "python3 -c \"import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(b'hello-udp6', ('{to}', {UDP_ECHO})); print(s.recv(100).decode())\""
+            ),
+            "hello-udp6",
+        );
+    }
     // Where they differ: libslirp 4.7 relays IPv6 DNS queries only to IPv6 resolvers (the
     // suite's is on 127.0.0.1) and has no external ICMPv6; netdevd does both.
     if nat != Nat::Slirp4netns {
@@ -345,10 +376,7 @@ fn suite(nat: Nat) {
             "dig @fec0::3 name.test +short +time=3 +tries=2",
             "10.1.2.3",
         );
-        // The advertisement offers no default route yet (no TCP over IPv6): one by hand.
-        let (ok, out) = w.guest(&format!(
-            "ip -6 route add default via fe80::2 dev tap0 && ping -6 -c 2 -W 3 {FAR6}"
-        ));
+        let (ok, out) = w.guest(&format!("ping -6 -c 2 -W 3 {FAR6}"));
         assert!(ok, "{nat:?}: ping -6 {FAR6}:\n{out}");
     }
     // An inbound forward: host 127.0.0.1:FWD_HOST reaches a server in the guest.

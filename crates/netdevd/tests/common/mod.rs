@@ -479,14 +479,25 @@ pub fn free_tcp_port() -> u16 {
 
 /// Python's HTTP server on 127.0.0.1 serving `dir`; returns once it accepts connections.
 pub fn http_server(dir: &Path) -> (Proc, u16) {
-    let port = free_tcp_port();
+    http_server_on(dir, "127.0.0.1")
+}
+
+/// Python's HTTP server on the loopback address `bind` (`127.0.0.1` or `::1`) serving
+/// `dir`, on a free port; returns once it accepts connections.
+pub fn http_server_on(dir: &Path, bind: &str) -> (Proc, u16) {
+    let ip: std::net::IpAddr = bind.parse().expect("a numeric loopback address");
+    let port = std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let p = Proc {
         child: Command::new("python3")
             .args([
                 "-m",
                 "http.server",
                 "--bind",
-                "127.0.0.1",
+                bind,
                 &port.to_string(),
                 "--directory",
             ])
@@ -497,14 +508,13 @@ pub fn http_server(dir: &Path) -> (Proc, u16) {
             .expect("python3 runs"),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((ip, port)).is_err() {
         assert!(Instant::now() < deadline, "the HTTP server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
     (p, port)
 }
 
-/// Run a Python `script` inside `ns`; returns once it printed its first line ("up").
 pub fn ns_python(ns: &Netns, script: &str) -> Proc {
     let mut p = Proc {
         child: Command::new("ip")
