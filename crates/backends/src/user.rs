@@ -578,7 +578,7 @@ impl Endpoint for UserBackend {
 impl Backend for UserBackend {
     fn drops(&self) -> Vec<(&'static str, u64)> {
         self.stack
-            .stats
+            .stats()
             .drops_by_reason()
             .map(|(r, n)| (r.name(), n))
             .collect()

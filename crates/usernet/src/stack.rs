@@ -19,9 +19,10 @@
 //!
 //! This file holds the stack's state, its constants, the [`HostIo`] boundary and the
 //! dispatch of guest frames by protocol; each protocol is a file of its own beside it:
-//! `egress.rs` (frames toward the guest, the buffer pool), `arp.rs`, `icmp.rs`, `udp.rs` (the
-//! UDP/ICMP flow table, both families), `services.rs` (DHCP and TFTP framed), `tcp.rs`
-//! (both families), `ipv6.rs` (IPv6 dispatch, ICMPv6 echo, UDP over IPv6, DHCPv6) and
+//! `egress.rs` (`Egress`: frames toward the guest, the buffer pool, header builders),
+//! `arp.rs`, `icmp.rs`, `udp.rs` (the UDP/ICMP flow table, both families), `services.rs`
+//! (DHCP and TFTP framed), `tcp.rs` (the table of TCP flows, both families; each flow's state
+//! machine is [`crate::tcp::TcpFlow`]), `ipv6.rs` (IPv6 dispatch, ICMPv6 echo, UDP over IPv6, DHCPv6) and
 //! `ndp.rs` (neighbor and router discovery).
 
 use std::collections::{HashMap, VecDeque};
@@ -31,9 +32,8 @@ use std::time::{Duration, Instant};
 
 use netdevd_wire::ip::IpHeader;
 use netdevd_wire::packet::{
-    icmp_frame, tcp_frame, tcp_frame_in_place, udp_frame, Arp, Eth, Ipv4, Tcp, Udp, ETHERTYPE_ARP,
-    ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP6_FRAME_HLEN,
-    TCP_FRAME_HLEN,
+    icmp_frame, tcp_frame, udp_frame, Arp, Eth, Ipv4, Tcp, Udp, ETHERTYPE_ARP, ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use netdevd_wire::ipv6::{
@@ -43,10 +43,7 @@ use netdevd_wire::ipv6::{
 
 use crate::config::{Config, GuestFwdTarget};
 use crate::dhcp::DhcpServer;
-use crate::tcp::{
-    Phase, Seq, TcpFlow, DELAYED_ACK, DELAYED_ACK_MAX, IDLE, MAX_IN_FLIGHT, OUR_WSCALE, RCV_BUF,
-    RTO_MAX, RTO_MIN, SYN_RETRIES,
-};
+use crate::tcp::{Seq, TcpFlow, IDLE};
 use crate::tftp::TftpServer;
 use netdevd_wire::VirtioNetHdr;
 
@@ -61,7 +58,7 @@ mod tcp;
 mod tests;
 mod udp;
 
-use egress::{eth_to_guest, give_back, ip_to_guest, push_frame};
+pub(crate) use egress::Egress;
 use udp::UdpFlow;
 
 /// UDP flows at once.
@@ -288,7 +285,6 @@ impl Stats {
 pub struct Stack {
     cfg: Config,
     dhcp: DhcpServer,
-    guest_mac: Option<[u8; 6]>,
     /// IPv6 addresses the guest sent from (see `ndp.rs`).
     guest_ip6: Vec<Ipv6Addr>,
     /// When the next unsolicited router advertisement is due (none before the guest's
@@ -296,12 +292,8 @@ pub struct Stack {
     next_ra: Option<Instant>,
     /// The last MAC reported to [`DhcpServer::seen`], and when.
     dhcp_seen: Option<([u8; 6], Instant)>,
-    to_guest: VecDeque<(Vec<u8>, Option<VirtioNetHdr>)>,
-    to_guest_bytes: usize,
-    /// Frame buffers of [`FRAME_BUF`] bytes given back (see [`Stack::recycle`]).
-    spare: Vec<Vec<u8>>,
-    /// Frames toward the guest may carry offloads (see [`Stack::set_offload`]).
-    offload: bool,
+    /// Everything toward the guest: the queue, buffers, the guest's MAC.
+    out: Egress,
     /// TCP flows with data to send that stopped at [`TCP_QUEUE_BYTES`].
     blocked: Vec<FlowId>,
     flows: HashMap<FlowId, UdpFlow>,
@@ -311,25 +303,22 @@ pub struct Stack {
     by_tcp_key: HashMap<(SocketAddr, SocketAddr), FlowId>,
     tftp: Option<TftpServer>,
     next_id: FlowId,
-    ip_id: u16,
     last_expiry: Option<Instant>,
-    pub stats: Stats,
+    /// Counters (`to_guest` is [`Egress`]'s: see [`Stack::stats`]).
+    stats: Stats,
 }
 
 impl Stack {
     pub fn new(cfg: Config) -> Self {
         let tftp = cfg.tftp_root.clone().map(TftpServer::new);
+        let out = Egress::new(cfg.host);
         Stack {
             cfg,
             dhcp: DhcpServer::default(),
-            guest_mac: None,
             guest_ip6: Vec::new(),
             next_ra: None,
             dhcp_seen: None,
-            to_guest: VecDeque::new(),
-            to_guest_bytes: 0,
-            spare: Vec::new(),
-            offload: false,
+            out,
             blocked: Vec::new(),
             flows: HashMap::new(),
             by_key: HashMap::new(),
@@ -338,7 +327,6 @@ impl Stack {
             by_tcp_key: HashMap::new(),
             tftp,
             next_id: 1,
-            ip_id: 0,
             last_expiry: None,
             stats: Stats::default(),
         }
@@ -346,6 +334,14 @@ impl Stack {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            to_guest: self.out.queued,
+            ..self.stats
+        }
     }
 
     /// Whether TCP flows wait for the queue toward the guest to drain.
@@ -359,8 +355,7 @@ impl Stack {
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
-            self.tcp_push(id, now, io);
-            self.tcp_maybe_done(id, io);
+            self.tcp_resume(id, now, io);
         }
     }
 
@@ -421,11 +416,11 @@ impl Stack {
             return self.drop_frame(DropReason::BadEthernet);
         };
         if eth.src[0] & 1 == 0 {
-            if self.guest_mac.is_none() && self.next_ra.is_none() {
+            if self.out.guest_mac.is_none() && self.next_ra.is_none() {
                 // The guest is there: its first router advertisement is due now.
                 self.next_ra = Some(now);
             }
-            self.guest_mac = Some(eth.src);
+            self.out.guest_mac = Some(eth.src);
             // Tell the DHCP server its client is alive, at most once a second per MAC.
             if self
                 .dhcp_seen
@@ -479,8 +474,7 @@ impl Stack {
         let ra = self.next_ra.filter(|_| self.cfg.ipv6);
         self.tcp
             .values()
-            .flat_map(|f| [f.rto_at, f.ack_due])
-            .flatten()
+            .filter_map(TcpFlow::deadline)
             .chain(tftp)
             .chain(ra)
             .min()

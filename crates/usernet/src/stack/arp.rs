@@ -25,13 +25,6 @@ impl Stack {
     /// The guest has not sent anything yet, so its MAC is unknown: ask for it (ARP). The
     /// frame that needed it is lost; TCP's retransmission sends it again.
     pub(super) fn who_has(&mut self, ip: Ipv4Addr) {
-        let req = Arp {
-            op: Arp::REQUEST,
-            sha: GATEWAY_MAC,
-            spa: self.cfg.host,
-            tha: [0; 6],
-            tpa: ip,
-        };
-        self.push(req.frame([0xff; 6]));
+        self.out.who_has(ip);
     }
 }

@@ -136,7 +136,7 @@ impl Stack {
 
     /// The periodic advertisement, once a guest is there.
     pub(super) fn ndp_timers(&mut self, now: Instant) {
-        if self.cfg.ipv6 && self.guest_mac.is_some() && self.next_ra.is_none_or(|t| now >= t) {
+        if self.cfg.ipv6 && self.out.guest_mac.is_some() && self.next_ra.is_none_or(|t| now >= t) {
             self.router_advert(now);
         }
     }

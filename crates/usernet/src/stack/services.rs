@@ -22,7 +22,7 @@ impl Stack {
     }
 
     pub(super) fn tftp_out(&mut self, client: SocketAddrV4, payload: &[u8]) {
-        let Some(mac) = self.guest_mac else {
+        let Some(mac) = self.out.guest_mac else {
             return self.who_has(*client.ip());
         };
         let (eth, ip) = self.headers_to_guest(mac, self.cfg.host, *client.ip(), PROTO_UDP);

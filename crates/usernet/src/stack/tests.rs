@@ -1,7 +1,7 @@
 //! Unit tests of the stack, against a fake [`HostIo`] that records what was opened and sent.
 
 use super::*;
-use crate::tcp::RTO_MIN;
+use crate::tcp::{Phase, OUR_WSCALE, RTO_MIN};
 use std::collections::BTreeMap;
 
 /// A fake host: remembers what was opened and sent; serves `inbox` to reads.

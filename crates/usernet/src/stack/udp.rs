@@ -214,7 +214,7 @@ impl Stack {
         };
         flow.last = now;
         let flow = *flow;
-        let Some(mac) = self.guest_mac else {
+        let Some(mac) = self.out.guest_mac else {
             if let SocketAddr::V4(g) = flow.guest {
                 self.who_has(*g.ip());
             }
