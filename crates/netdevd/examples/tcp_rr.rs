@@ -1,16 +1,18 @@
 //! The latency and connection-rate load of `bench/user-ns`, compiled so that the client's
 //! own cost is small next to what it measures.
 //!
-//!     tcp_rr server                 echo server on 127.0.0.1 (port printed on stdout): one
-//!                                   thread and epoll, so that a connection costs the server
-//!                                   little next to what the NAT under test costs
-//!     tcp_rr client HOST PORT RR N  RR one-byte round trips on one connection, then N
+//!     tcp_rr server [ADDR]          echo server on ADDR (default 127.0.0.1; `::1` for IPv6;
+//!                                   port printed on stdout): one thread and epoll, so that a
+//!                                   connection costs the server little next to what the NAT
+//!                                   under test costs
+//!     tcp_rr client HOST PORT RR N  (HOST numeric, either family)
+//!                                   RR one-byte round trips on one connection, then N
 //!                                   connections one after another (connect, 8 bytes echoed,
 //!                                   close; stops after 30 s); prints the median round trip in
 //!                                   microseconds and the connections per second
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
@@ -60,7 +62,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("server") => {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let ip: IpAddr = args
+                .get(1)
+                .map_or("127.0.0.1", String::as_str)
+                .parse()
+                .expect("a numeric address");
+            let l = TcpListener::bind((ip, 0)).expect("bind");
             println!("{}", l.local_addr().unwrap().port());
             if let Err(e) = serve(l) {
                 eprintln!("tcp_rr server: {e}");
@@ -68,11 +75,13 @@ fn main() {
             }
         }
         Some("client") if args.len() == 5 => {
-            let addr = format!("{}:{}", args[1], args[2]);
+            let ip: IpAddr = args[1].parse().expect("a numeric address");
+            let port: u16 = args[2].parse().expect("a port");
+            let addr = std::net::SocketAddr::new(ip, port);
             let rr: usize = args[3].parse().expect("RR count");
             let conns: usize = args[4].parse().expect("connection count");
             let timeout = Some(Duration::from_secs(10));
-            let mut s = TcpStream::connect(&addr).expect("connect");
+            let mut s = TcpStream::connect(addr).expect("connect");
             s.set_nodelay(true).unwrap();
             s.set_read_timeout(timeout).unwrap();
             let mut lat = Vec::with_capacity(rr);
@@ -89,7 +98,7 @@ fn main() {
             let t = Instant::now();
             let mut done = 0usize;
             for _ in 0..conns {
-                let mut c = TcpStream::connect(&addr).expect("connect");
+                let mut c = TcpStream::connect(addr).expect("connect");
                 c.set_read_timeout(timeout).unwrap();
                 c.write_all(b"12345678").unwrap();
                 if c.read_exact(&mut b).is_ok() && &b == b"12345678" {
@@ -103,7 +112,7 @@ fn main() {
             println!("{:.2} {:.1}", median.as_secs_f64() * 1e6, cps);
         }
         _ => {
-            eprintln!("usage: tcp_rr server | tcp_rr client HOST PORT RR N");
+            eprintln!("usage: tcp_rr server [ADDR] | tcp_rr client HOST PORT RR N");
             std::process::exit(2);
         }
     }
