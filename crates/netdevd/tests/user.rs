@@ -372,6 +372,11 @@ fn ipv6_slaac_router_advert_ping_dns_and_udp_from_a_namespace() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ready, "no SLAAC address the second time");
+    let (ok, out) = sh(&ns1, "dig +short +time=2 +tries=2 @fec0::3 AAAA name.test");
+    assert!(
+        ok && out.trim() == "2001:db8::1234",
+        "dig AAAA through an IPv6 upstream: {out}"
+    );
     let (ok, out) = sh(&ns1, "dig +short +time=2 +tries=2 @fec0::3 A name.test");
     assert!(
         ok && out.trim() == "10.1.2.3",
