@@ -1,7 +1,7 @@
 //! The event loop: QMP listeners and connections, signals and timers on one epoll.
 //!
-//! Tokens: the top byte says what a token is ([`KIND_LISTENER`], [`KIND_CONN`],
-//! [`KIND_SIGNAL`]), the rest is an index. Connections live in a slot table; a slot is
+//! Tokens are laid out by [`crate::tokens`] (listeners, connections, the signal fd,
+//! backends). Connections live in a slot table; a slot is
 //! reused only after its fd was deregistered and closed.
 //!
 //! Limits, so that no client can exhaust the daemon: at most [`MAX_CONNECTIONS`] QMP
@@ -23,12 +23,9 @@ use netdevd_qmp::{event_line, greeting, QmpError, Session};
 use netdevd_reactor::{Interest, Reactor, Ready};
 
 use crate::cli::QmpAddr;
-use crate::state::{Monitor, State, KIND_BACKEND};
-
-const KIND_LISTENER: u64 = 1 << 56;
-const KIND_CONN: u64 = 2 << 56;
-const KIND_SIGNAL: u64 = 3 << 56;
-const INDEX_MASK: u64 = (1 << 56) - 1;
+use crate::fds::Monitor;
+use crate::state::State;
+use crate::tokens;
 
 /// QMP connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -113,7 +110,7 @@ fn bind(addr: &QmpAddr) -> io::Result<Listener> {
 impl Daemon {
     pub fn new(state: State) -> io::Result<Self> {
         Ok(Daemon {
-            reactor: state.reactor.clone(),
+            reactor: state.reg.reactor.clone(),
             state,
             listeners: Vec::new(),
             conns: Vec::new(),
@@ -134,7 +131,7 @@ impl Daemon {
         };
         self.reactor.register(
             l.fd(),
-            KIND_LISTENER | self.listeners.len() as u64,
+            tokens::LISTENER | self.listeners.len() as u64,
             Interest::READ,
         )?;
         self.listeners.push(l);
@@ -145,7 +142,7 @@ impl Daemon {
     pub fn handle_signals(&mut self) -> io::Result<()> {
         let fd = netdevd_sys::termination_signalfd()?;
         self.reactor
-            .register(fd.as_fd(), KIND_SIGNAL, Interest::READ)?;
+            .register(fd.as_fd(), tokens::SIGNAL, Interest::READ)?;
         self.signals = Some(fd);
         Ok(())
     }
@@ -153,7 +150,7 @@ impl Daemon {
     /// Run until `quit` or a signal.
     pub fn run(&mut self) -> io::Result<()> {
         let mut ready = Vec::new();
-        let mut more = self.state.pump_all();
+        let mut more = self.state.reg.pump_all();
         while self.running {
             ready.clear();
             // Frames still waiting in a backend: look again without sleeping.
@@ -169,7 +166,7 @@ impl Daemon {
             // Timers first: what they produce (retransmissions, announce frames) moves in the
             // pump right after.
             self.state.run_timers(Instant::now());
-            more = self.state.pump_all();
+            more = self.state.reg.pump_all();
             self.flush_events();
             if self.state.quit && self.conns.iter().flatten().all(|c| c.out.is_empty()) {
                 self.running = false;
@@ -179,12 +176,12 @@ impl Daemon {
     }
 
     fn dispatch(&mut self, r: Ready) {
-        let idx = (r.token & INDEX_MASK) as usize;
-        match r.token & !INDEX_MASK {
-            KIND_LISTENER => self.accept(idx),
-            KIND_CONN => self.conn_ready(idx, r),
-            KIND_BACKEND => self.state.backend_ready(r.token, r),
-            KIND_SIGNAL => {
+        let (kind, idx) = tokens::split(r.token);
+        match kind {
+            tokens::LISTENER => self.accept(idx),
+            tokens::CONN => self.conn_ready(idx, r),
+            tokens::BACKEND => self.state.reg.backend_ready(r.token, r),
+            tokens::SIGNAL => {
                 if let Some(sig) = self
                     .signals
                     .as_ref()
@@ -239,7 +236,7 @@ impl Daemon {
             }
         };
         self.reactor
-            .register(stream.fd(), KIND_CONN | slot as u64, Interest::READ)?;
+            .register(stream.fd(), tokens::CONN | slot as u64, Interest::READ)?;
         let mut conn = Conn {
             stream,
             session: Session::new(COMMANDS),
@@ -360,7 +357,7 @@ impl Daemon {
         if want != conn.interest
             && self
                 .reactor
-                .modify(conn.stream.fd(), KIND_CONN | idx as u64, want)
+                .modify(conn.stream.fd(), tokens::CONN | idx as u64, want)
                 .is_ok()
         {
             conn.interest = want;

@@ -2,11 +2,14 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod commands;
 mod daemon;
 mod drivers;
+mod fds;
 mod log;
+mod registry;
 mod state;
-mod user;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -111,7 +114,7 @@ fn run(mut opts: Options) -> anyhow::Result<()> {
     let mut netdevs = Vec::new();
     for s in &opts.netdevs {
         let nd =
-            state::parse_netdev_option(s).map_err(|e| anyhow::anyhow!("--netdev '{s}': {e}"))?;
+            drivers::parse_netdev_option(s).map_err(|e| anyhow::anyhow!("--netdev '{s}': {e}"))?;
         netdevs.push((s.clone(), nd));
     }
     let reactor = std::rc::Rc::new(netdevd_backends::Reactor::new()?);
@@ -124,8 +127,13 @@ fn run(mut opts: Options) -> anyhow::Result<()> {
         if matches!(nd.variant, NetdevVariant::None) {
             continue;
         }
-        drivers::netdev_add(&mut state, nd, &mut None::<&mut state::Monitor>)
-            .map_err(|e| anyhow::anyhow!("--netdev '{s}': {}", e.desc))?;
+        drivers::netdev_add(
+            &mut state.reg,
+            nd,
+            &mut None::<&mut fds::Monitor>,
+            &state.resolv_conf,
+        )
+        .map_err(|e| anyhow::anyhow!("--netdev '{s}': {}", e.desc))?;
     }
     let mut daemon = Daemon::new(state)?;
     let mut bound = Vec::new();
@@ -158,7 +166,7 @@ fn announce_startup(opts: &Options, bound: &[QmpAddr], daemon: &Daemon) {
     for a in bound {
         println!("netdevd: QMP on {a}");
     }
-    for (name, model, peer, up) in daemon.state.net.list() {
+    for (name, model, peer, up) in daemon.state.reg.net.list() {
         println!(
             "netdevd: netdev {name} ({model}{}{})",
             peer.map(|p| format!(", peer {p}")).unwrap_or_default(),
@@ -167,8 +175,8 @@ fn announce_startup(opts: &Options, bound: &[QmpAddr], daemon: &Daemon) {
     }
     if opts.defaults {
         let qmp = bound.first().map(ToString::to_string).unwrap_or_default();
-        let sock = daemon.state.listen_addr("vm0").unwrap_or_default();
-        let stream = daemon.state.listen_addr("vm1").unwrap_or_default();
+        let sock = daemon.state.reg.listen_addr("vm0").unwrap_or_default();
+        let stream = daemon.state.reg.listen_addr("vm1").unwrap_or_default();
         let sock_hostport = sock.trim_start_matches("tcp:");
         let stream_path = stream.trim_start_matches("unix:");
         println!(

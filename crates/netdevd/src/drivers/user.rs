@@ -1,15 +1,18 @@
-//! The `user` netdev's options (`NetdevUserOptions`) mapped onto the user-mode stack's
+//! The `user` netdev: its options (`NetdevUserOptions`) mapped onto the user-mode stack's
 //! plain config, with QEMU 7.2's checks and texts (`net/slirp.c` `net_init_slirp`,
-//! `net_slirp_init`). Parts of the stack still to come answer "not available yet".
+//! `net_slirp_init`), then the user backend (`netdevd_backends::user`) made from it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use netdevd_backends::addr::inet_aton;
+use netdevd_backends::user::UserBackend;
 use netdevd_qapi::NetdevUserOptions;
 use netdevd_qmp::QmpError;
 use netdevd_usernet::config::{GuestFwd, GuestFwdTarget, HostFwd};
 use netdevd_usernet::Config;
+
+use crate::registry::Registry;
 
 fn err(s: impl Into<String>) -> QmpError {
     QmpError::generic(s)
@@ -267,6 +270,17 @@ fn parse_guestfwd(rule: &str, c: &Config, taken: &[GuestFwd]) -> Result<GuestFwd
 }
 
 /// The stack's config for these options. `resolv_conf` names the upstream resolvers.
+/// Create a `user` netdev `id`; the upstream resolvers come from `resolv_conf`.
+pub(super) fn add(
+    reg: &mut Registry,
+    id: &str,
+    o: &NetdevUserOptions,
+    resolv_conf: &Path,
+) -> Result<(), QmpError> {
+    let cfg = config(o, resolv_conf)?;
+    reg.add_backend(id, "user", |r| UserBackend::new(r, cfg))
+}
+
 pub fn config(o: &NetdevUserOptions, resolv_conf: &Path) -> Result<Config, QmpError> {
     let (ipv4, ipv6) = match (o.ipv4, o.ipv6) {
         (Some(a), Some(b)) => (a, b),
