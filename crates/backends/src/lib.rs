@@ -18,6 +18,7 @@ pub mod framing;
 pub mod stream;
 pub mod tap;
 pub mod user;
+pub mod vhost_user_nic;
 
 use std::cell::RefCell;
 use std::io;

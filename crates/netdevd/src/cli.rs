@@ -29,6 +29,8 @@ pub struct Options {
     pub qmp: Vec<QmpAddr>,
     /// Option strings as given (keyval or JSON); parsed against the schema by the caller.
     pub netdevs: Vec<String>,
+    /// `--nic` option strings (NICs served over vhost-user), parsed by the caller.
+    pub nics: Vec<String>,
     pub pidfile: Option<PathBuf>,
     pub daemonize: bool,
     /// The resolv.conf naming the user netdev's upstream resolvers.
@@ -55,6 +57,9 @@ usage: netdevd [--qmp ADDR]... [--netdev OPTS]... [--pidfile PATH] [--daemonize]
   --netdev OPTS    create a netdev: QEMU's -netdev syntax (hubport,id=h0,hubid=0)
                    or JSON ({\"type\":\"hubport\",\"id\":\"h0\",\"hubid\":0}) (repeatable);
                    --netdev help lists the types
+  --nic OPTS       serve a virtio-net NIC over vhost-user:
+                   id=NAME,netdev=ID,socket=PATH[,macaddr=MAC][,model=virtio]
+                   (netdevd listens on PATH; a VMM connects with -netdev vhost-user)
   --pidfile PATH   write the daemon's pid to PATH
   --resolv-conf PATH  where user netdevs find their upstream DNS resolvers
                    (default /etc/resolv.conf)
@@ -92,6 +97,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.qmp
                     .push(parse_qmp_addr(&v).map_err(|e| format!("--qmp '{v}': {e}"))?);
             }
+            "nic" => {
+                let v = value("nic")?;
+                opts.nics.push(v);
+            }
             "netdev" => {
                 let v = value("netdev")?;
                 if v == "help" || v == "type=help" {
@@ -110,7 +119,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             _ => return Err(format!("unknown option '{arg}' (see --help)")),
         }
     }
-    opts.defaults = opts.qmp.is_empty() && opts.netdevs.is_empty();
+    opts.defaults = opts.qmp.is_empty() && opts.netdevs.is_empty() && opts.nics.is_empty();
     Ok(Command::Run(opts))
 }
 

@@ -135,6 +135,11 @@ fn run(mut opts: Options) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("--netdev '{s}': {}", e.desc))?;
     }
+    for (i, s) in opts.nics.iter().enumerate() {
+        let o = drivers::nic::parse(s).map_err(|e| anyhow::anyhow!("--nic '{s}': {e}"))?;
+        drivers::nic::add(&mut state.reg, &o, i)
+            .map_err(|e| anyhow::anyhow!("--nic '{s}': {}", e.desc))?;
+    }
     let mut daemon = Daemon::new(state)?;
     let mut bound = Vec::new();
     for addr in &opts.qmp {

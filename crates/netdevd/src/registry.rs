@@ -76,14 +76,7 @@ impl Registry {
         make: impl FnOnce(Registration) -> Result<B, BackendError>,
     ) -> Result<(), QmpError> {
         self.net.check_new(name, true, None).map_err(net_error)?;
-        let idx = self
-            .backends
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.backends.len());
-        self.backend_gen = self.backend_gen.wrapping_add(1);
-        let gen = self.backend_gen;
-        let reg = Registration::new(self.reactor.clone(), tokens::backend(idx, gen));
+        let (idx, gen, reg) = self.next_slot();
         let backend: SharedBackend = Rc::new(RefCell::new(
             make(reg).map_err(|e| QmpError::generic(e.to_string()))?,
         ));
@@ -97,6 +90,60 @@ impl Registry {
                 peer: None,
             })
             .map_err(net_error)?;
+        self.install(idx, gen, id, name, backend);
+        Ok(())
+    }
+
+    /// Create a NIC named `name` (not a netdev: `peer` names the netdev it is attached to,
+    /// if any) with filter state `nic`; `make` builds its host side (the transport to the
+    /// VMM) on the registration the registry gives it. Nothing is left behind on failure.
+    pub fn add_nic<B: Backend + 'static>(
+        &mut self,
+        name: &str,
+        model: &'static str,
+        nic: netdevd_core::nic::Nic,
+        peer: Option<&str>,
+        make: impl FnOnce(Registration) -> Result<B, BackendError>,
+    ) -> Result<(), QmpError> {
+        self.net.check_new(name, false, peer).map_err(net_error)?;
+        let (idx, gen, reg) = self.next_slot();
+        let backend: SharedBackend = Rc::new(RefCell::new(
+            make(reg).map_err(|e| QmpError::generic(e.to_string()))?,
+        ));
+        let id = self
+            .net
+            .add(NewClient {
+                name: name.to_string(),
+                model,
+                role: Role::Nic {
+                    nic: Box::new(nic),
+                    guest: Box::new(BackendEndpoint(backend.clone())),
+                },
+                is_netdev: false,
+                peer: peer.map(str::to_owned),
+            })
+            .map_err(net_error)?;
+        self.install(idx, gen, id, name, backend);
+        Ok(())
+    }
+
+    /// The next free slot, its generation and its registration.
+    fn next_slot(&mut self) -> (usize, u8, Registration) {
+        let idx = self
+            .backends
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.backends.len());
+        self.backend_gen = self.backend_gen.wrapping_add(1);
+        let gen = self.backend_gen;
+        (
+            idx,
+            gen,
+            Registration::new(self.reactor.clone(), tokens::backend(idx, gen)),
+        )
+    }
+
+    fn install(&mut self, idx: usize, gen: u8, id: ClientId, name: &str, backend: SharedBackend) {
         // A connection-oriented backend starts link-down until its peer is there.
         let ev = backend.borrow_mut().take_events();
         self.net.set_client_link(id, ev.link.unwrap_or(false));
@@ -112,7 +159,6 @@ impl Registry {
         } else {
             self.backends[idx] = Some(slot);
         }
-        Ok(())
     }
 
     /// `netdev_del`: the client (all its queues) and the backends behind it.

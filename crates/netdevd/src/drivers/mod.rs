@@ -21,6 +21,7 @@ use crate::fds::FdSource;
 use crate::registry::{net_error, Registry};
 
 mod dgram;
+pub mod nic;
 mod socket;
 mod stream;
 mod tap;

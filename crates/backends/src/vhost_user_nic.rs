@@ -1,0 +1,313 @@
+//! A NIC served over vhost-user: netdevd listens on a unix socket (server mode), a VMM
+//! (QEMU's `-netdev vhost-user`, DPDK's virtio_user) connects and drives the virtio-net
+//! device of `netdevd_vhost`; the guest's transmit queue is this client's source of frames,
+//! its receive queue where the core delivers. One front-end at a time: a second connection
+//! is closed at once. When the front-end goes away the device forgets everything (memory
+//! unmapped, eventfds closed) and the link goes down until the next one has set the rings up.
+//!
+//! Fds on the reactor: sub 0 the listening socket, 1 the connection, 2 + q the kick eventfd
+//! of queue q. Call eventfds are written once per loop turn ([`Backend::flush`]) for the
+//! queues whose buffers were used and whose guest wants to hear of it.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use netdevd_core::frame::Frame;
+use netdevd_core::net::{Endpoint, Rx};
+use netdevd_reactor::{Interest, Ready};
+use netdevd_vhost::msg::{self, Header, HEADER_LEN};
+use netdevd_vhost::{NetDevice, RxPush};
+
+use crate::{Backend, BackendError, Events, Registration};
+
+const SUB_LISTEN: u32 = 0;
+const SUB_CONN: u32 = 1;
+const SUB_KICK: u32 = 2;
+
+/// Where the NIC's vhost-user socket is.
+#[derive(Debug, Clone)]
+pub struct NicConfig {
+    /// The socket netdevd listens on (created; removed when the NIC goes).
+    pub path: PathBuf,
+}
+
+struct Conn {
+    stream: UnixStream,
+    /// The message being read: exactly its bytes are read (the header, then the payload),
+    /// so that the fds a read brings are this message's (the kernel hands a message's fds
+    /// to the read that reaches its bytes, and a read may end with them).
+    inbuf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// The NIC's host side.
+pub struct VhostUserNic {
+    reg: Registration,
+    listener: UnixListener,
+    path: PathBuf,
+    conn: Option<Conn>,
+    dev: NetDevice,
+    events: Events,
+    link: bool,
+    paused: bool,
+    /// A frame was refused for want of receive buffers: the core waits for a kick.
+    rx_blocked: bool,
+    /// Messages that could not be parsed (the connection was closed for each).
+    pub bad_messages: u64,
+}
+
+impl VhostUserNic {
+    pub fn new(reg: Registration, cfg: NicConfig) -> Result<Self, BackendError> {
+        let listener = UnixListener::bind(&cfg.path).map_err(|e| BackendError::Io {
+            what: format!("Failed to bind socket to {}", cfg.path.display()),
+            source: e,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| BackendError::Msg(e.to_string()))?;
+        if let Err(e) = reg.add(listener.as_fd(), SUB_LISTEN, Interest::READ) {
+            let _ = std::fs::remove_file(&cfg.path);
+            return Err(BackendError::Msg(e.to_string()));
+        }
+        Ok(VhostUserNic {
+            reg,
+            listener,
+            path: cfg.path,
+            conn: None,
+            dev: NetDevice::new(),
+            events: Events {
+                link: Some(false),
+                drained: false,
+            },
+            link: false,
+            paused: false,
+            rx_blocked: false,
+            bad_messages: 0,
+        })
+    }
+
+    fn accept(&mut self) {
+        while let Ok((s, _)) = self.listener.accept() {
+            if self.conn.is_some() {
+                tracing::warn!(
+                    "vhost-user {}: a second front-end refused",
+                    self.path.display()
+                );
+                continue;
+            }
+            if s.set_nonblocking(true).is_err()
+                || self.reg.add(s.as_fd(), SUB_CONN, Interest::READ).is_err()
+            {
+                continue;
+            }
+            tracing::info!("vhost-user {}: front-end connected", self.path.display());
+            self.conn = Some(Conn {
+                stream: s,
+                inbuf: Vec::new(),
+                fds: Vec::new(),
+            });
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.reg.remove(c.stream.as_fd());
+            tracing::info!("vhost-user {}: front-end gone", self.path.display());
+        }
+        for q in 0..netdevd_vhost::device::QUEUES {
+            if let Some(fd) = self.dev.kick_fd(q) {
+                self.reg.remove(fd);
+            }
+        }
+        self.dev.reset();
+        self.rx_blocked = false;
+        self.update_link();
+    }
+
+    fn update_link(&mut self) {
+        let up = self.dev.link_up();
+        if up != self.link {
+            self.link = up;
+            self.events.link = Some(up);
+        }
+    }
+
+    /// Read what the connection has and handle every whole message.
+    fn read_conn(&mut self) {
+        let mut buf = [0u8; msg::MAX_PAYLOAD];
+        loop {
+            let Some(c) = self.conn.as_mut() else { return };
+            // How much of the current message is still to come.
+            let want = if c.inbuf.len() < HEADER_LEN {
+                HEADER_LEN - c.inbuf.len()
+            } else {
+                match Header::parse(&c.inbuf) {
+                    Ok(h) => HEADER_LEN + h.size as usize - c.inbuf.len(),
+                    Err(e) => {
+                        tracing::warn!("vhost-user {}: {e}", self.path.display());
+                        self.bad_messages += 1;
+                        return self.disconnect();
+                    }
+                }
+            };
+            if want > 0 {
+                match netdevd_sys::recv_with_fds(c.stream.as_fd(), &mut buf[..want]) {
+                    Ok((0, _)) => return self.disconnect(),
+                    Ok((n, fds)) => {
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                        c.fds.extend(fds);
+                        if c.fds.len() > msg::MAX_FDS {
+                            self.bad_messages += 1;
+                            return self.disconnect();
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return self.disconnect(),
+                }
+            }
+            // A whole message (a header with no payload lands here too).
+            let Ok(h) = Header::parse(&c.inbuf) else {
+                return self.disconnect();
+            };
+            let payload = std::mem::take(&mut c.inbuf);
+            let fds = std::mem::take(&mut c.fds);
+            let req = match msg::parse(&h, &payload[HEADER_LEN..], fds) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(
+                        request = h.request,
+                        "vhost-user {}: {e}",
+                        self.path.display()
+                    );
+                    self.bad_messages += 1;
+                    return self.disconnect();
+                }
+            };
+            tracing::debug!(request = h.request, "vhost-user message");
+            let out = self.dev.handle(&h, req);
+            if let Some(q) = out.kick_changed {
+                if let Some(fd) = self.dev.kick_fd(q) {
+                    let _ = self.reg.add(fd, SUB_KICK + q as u32, Interest::READ);
+                }
+            }
+            if let Some(reply) = out.reply {
+                let Some(c) = self.conn.as_mut() else { return };
+                if c.stream.write_all(&reply).is_err() {
+                    return self.disconnect();
+                }
+            }
+        }
+        self.update_link();
+    }
+
+    fn kick(&mut self, q: usize) {
+        if let Some(fd) = self.dev.kick_fd(q) {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut b);
+        }
+        self.dev.kicked(q);
+        if q == netdevd_vhost::device::RX && self.rx_blocked {
+            self.rx_blocked = false;
+            self.events.drained = true;
+        }
+        self.update_link();
+    }
+}
+
+fn signal(fd: BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+impl Endpoint for VhostUserNic {
+    fn receive(&mut self, frame: &Frame) -> Rx {
+        match self.dev.rx_push(&frame.data, frame.offload) {
+            RxPush::Taken => Rx::Taken,
+            RxPush::NoBuffers => {
+                self.rx_blocked = true;
+                Rx::Busy
+            }
+            RxPush::Dropped => Rx::Dropped,
+        }
+    }
+
+    fn close(&mut self) {
+        self.disconnect();
+        self.reg.remove(self.listener.as_fd());
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    fn accepts_offloads(&self) -> bool {
+        self.dev.guest_offloads()
+    }
+}
+
+impl Backend for VhostUserNic {
+    fn ready(&mut self, sub: u32, _r: Ready) {
+        match sub {
+            SUB_LISTEN => self.accept(),
+            SUB_CONN => self.read_conn(),
+            s if s >= SUB_KICK => self.kick((s - SUB_KICK) as usize),
+            _ => {}
+        }
+    }
+
+    fn poll_frame(&mut self, out: &mut Frame) -> bool {
+        if self.paused {
+            return false;
+        }
+        match self.dev.tx_pop(&mut out.data) {
+            Some(offload) => {
+                out.offload = offload;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn flush(&mut self) {
+        for fd in self.dev.notify() {
+            signal(fd);
+        }
+    }
+
+    fn take_events(&mut self) -> Events {
+        std::mem::take(&mut self.events)
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.paused && self.dev.tx_waiting()
+    }
+
+    fn info(&self) -> String {
+        format!("vhost-user server on unix:{}", self.path.display())
+    }
+
+    fn listen_addr(&self) -> Option<String> {
+        Some(format!("unix:{}", self.path.display()))
+    }
+
+    fn drops(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("bad-chain", self.dev.bad_chains),
+            ("runt", self.dev.runts),
+            ("bad-message", self.bad_messages),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+impl Drop for VhostUserNic {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,646 @@
+//! The virtio-net device as a vhost-user back-end, sans-IO: [`NetDevice::handle`] takes one
+//! message from the front-end and says what to answer; [`NetDevice::tx_pop`] takes the
+//! guest's next transmitted frame off the transmit queue, [`NetDevice::rx_push`] puts a frame
+//! into the guest's receive buffers; [`NetDevice::notify`] says which queues' call eventfds
+//! are due. The fds (the socket, kick and call eventfds) are the caller's to watch and
+//! write; the device only holds them.
+//!
+//! One queue pair (receive queue 0, transmit queue 1). Features offered: `VERSION_1`,
+//! `MRG_RXBUF`, `CSUM`, `GUEST_CSUM`, `HOST_TSO4/6`, `GUEST_TSO4/6`, `RING_INDIRECT_DESC`,
+//! `RING_EVENT_IDX`, and the vhost-user protocol features `REPLY_ACK` and
+//! `CONFIGURE_MEM_SLOTS`. Offloads travel as the frame's virtio-net header: a guest's 64 KiB
+//! TSO segment leaves the device whole, and frames with offload work left go to a guest that
+//! took the `GUEST_*` features as they are.
+//!
+//! Guest memory is never trusted: the rings and every descriptor go through `virtio-queue`
+//! and `vm-memory`'s checked accessors; a chain that points outside guest memory, is too long
+//! or has the wrong direction is returned to the guest as used and counted
+//! ([`NetDevice::bad_chains`]), never a panic.
+
+use std::num::Wrapping;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use netdevd_wire::VirtioNetHdr;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::memory::{GuestMem, MAX_MEM_SLOTS};
+use crate::msg::{self, Header, Request};
+
+/// Virtio and virtio-net feature bits.
+pub mod feature {
+    pub const CSUM: u64 = 1 << 0;
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    pub const MTU: u64 = 1 << 3;
+    pub const MAC: u64 = 1 << 5;
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    pub const HOST_TSO4: u64 = 1 << 11;
+    pub const HOST_TSO6: u64 = 1 << 12;
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    pub const STATUS: u64 = 1 << 16;
+    pub const CTRL_VQ: u64 = 1 << 17;
+    pub const MQ: u64 = 1 << 22;
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// vhost-user's own: the protocol features exist.
+    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// vhost-user protocol feature bits.
+pub mod protocol {
+    pub const MQ: u64 = 1 << 0;
+    pub const RARP: u64 = 1 << 2;
+    pub const REPLY_ACK: u64 = 1 << 3;
+    pub const NET_MTU: u64 = 1 << 4;
+    pub const CONFIG: u64 = 1 << 9;
+    pub const CONFIGURE_MEM_SLOTS: u64 = 1 << 15;
+}
+
+use feature::*;
+
+/// What the device offers.
+pub const FEATURES: u64 = VERSION_1
+    | MRG_RXBUF
+    | CSUM
+    | GUEST_CSUM
+    | HOST_TSO4
+    | HOST_TSO6
+    | GUEST_TSO4
+    | GUEST_TSO6
+    | RING_INDIRECT_DESC
+    | RING_EVENT_IDX
+    | PROTOCOL_FEATURES;
+/// The vhost-user protocol features offered.
+pub const PROTOCOL_FEATURES_OFFERED: u64 = protocol::REPLY_ACK | protocol::CONFIGURE_MEM_SLOTS;
+/// Queues: one receive and one transmit queue.
+pub const QUEUES: usize = 2;
+pub const RX: usize = 0;
+pub const TX: usize = 1;
+/// The largest ring (QEMU's virtio-net allows 1024).
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// The largest frame taken from the guest, header excluded (QEMU's NET_BUFSIZE).
+pub const MAX_FRAME: usize = 4096 + 65536;
+
+/// One virtqueue and its eventfds.
+#[derive(Debug)]
+struct Vring {
+    queue: Queue,
+    /// `SET_VRING_ADDR` as given (front-end user addresses).
+    addr: Option<msg::VringAddr>,
+    kick: Option<OwnedFd>,
+    call: Option<OwnedFd>,
+    enabled: bool,
+    /// Kicked at least once since it was set up (vhost-user starts a ring at its kick).
+    started: bool,
+    /// Buffers were used since the last notification check.
+    used: bool,
+    /// The used index at the last notification check (`RING_EVENT_IDX`'s "old").
+    signalled: Wrapping<u16>,
+}
+
+impl Vring {
+    fn new() -> Vring {
+        Vring {
+            queue: Queue::new(MAX_QUEUE_SIZE).expect("a power of two"),
+            addr: None,
+            kick: None,
+            call: None,
+            enabled: false,
+            started: false,
+            used: false,
+            signalled: Wrapping(0),
+        }
+    }
+
+    /// Publish used buffers `(head, len)` at once: every element first, then the used
+    /// index, so that a driver reading mergeable buffers never sees the first of a frame's
+    /// buffers without the others (`virtio-queue`'s `add_used` publishes each one).
+    fn add_used_batch(&mut self, mem: &GuestMemoryMmap, used: &[(u16, u32)]) -> bool {
+        let base = self.queue.used_ring();
+        let size = self.queue.size();
+        if size == 0 {
+            return false;
+        }
+        let mut next = Wrapping(self.queue.next_used());
+        for &(head, len) in used {
+            let at = base + 4 + u64::from(next.0 % size) * 8;
+            let mut e = [0u8; 8];
+            e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            e[4..].copy_from_slice(&len.to_le_bytes());
+            if mem.write_slice(&e, GuestAddress(at)).is_err() {
+                return false;
+            }
+            next += 1;
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        if mem
+            .store(next.0.to_le(), GuestAddress(base + 2), Ordering::Release)
+            .is_err()
+        {
+            return false;
+        }
+        self.queue.set_next_used(next.0);
+        self.used = true;
+        true
+    }
+
+    /// Whether the driver wants an interrupt for the buffers used since the last check
+    /// (virtio 1.2 §2.7.10: the used event index, or the avail ring's NO_INTERRUPT flag).
+    fn wants_interrupt(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let new = Wrapping(self.queue.next_used());
+        let old = std::mem::replace(&mut self.signalled, new);
+        let avail = self.queue.avail_ring();
+        if self.queue.event_idx_enabled() {
+            let at = avail + 4 + 2 * u64::from(self.queue.size());
+            let Ok(ev) = mem.load::<u16>(GuestAddress(at), Ordering::Acquire) else {
+                return true;
+            };
+            let ev = Wrapping(u16::from_le(ev));
+            (new - ev - Wrapping(1)) < (new - old)
+        } else {
+            mem.load::<u16>(GuestAddress(avail), Ordering::Acquire)
+                .map_or(true, |f| u16::from_le(f) & 1 == 0)
+        }
+    }
+}
+
+/// What the caller does after a message.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Bytes to send back.
+    pub reply: Option<Vec<u8>>,
+    /// The kick eventfd of this queue changed (watch the new one).
+    pub kick_changed: Option<usize>,
+    /// The front-end asked for a gratuitous announcement from this MAC (`SEND_RARP`).
+    pub rarp: Option<[u8; 6]>,
+}
+
+/// Why a message is refused (answered with a failure status where the front-end asked for
+/// one; the connection goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("queue {0} does not exist")]
+    Queue(u32),
+    #[error("ring size {0}")]
+    RingSize(u32),
+    #[error("features {0:#x} were not offered")]
+    Features(u64),
+    #[error("ring address outside guest memory")]
+    RingAddr,
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemError),
+    #[error("unsupported request {0}")]
+    Unsupported(u32),
+}
+
+/// The outcome of [`NetDevice::rx_push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxPush {
+    Taken,
+    /// No receive buffers now (the guest will kick when it adds some).
+    NoBuffers,
+    /// Not deliverable (ring not running, chain unusable): counted.
+    Dropped,
+}
+
+/// The device.
+pub struct NetDevice {
+    acked: u64,
+    protocol_acked: u64,
+    owned: bool,
+    mem: GuestMem,
+    vrings: [Vring; QUEUES],
+    /// Descriptor chains returned unused because they were malformed.
+    pub bad_chains: u64,
+    /// Frames from the guest too short to be Ethernet.
+    pub runts: u64,
+    scratch: Vec<u8>,
+}
+
+impl Default for NetDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NetDevice {
+    pub fn new() -> NetDevice {
+        NetDevice {
+            acked: 0,
+            protocol_acked: 0,
+            owned: false,
+            mem: GuestMem::empty(),
+            vrings: [Vring::new(), Vring::new()],
+            bad_chains: 0,
+            runts: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> u64 {
+        self.acked
+    }
+
+    /// The virtio-net header's length for the negotiated features.
+    fn hdr_len(&self) -> usize {
+        if self.acked & (VERSION_1 | MRG_RXBUF) != 0 {
+            12
+        } else {
+            VirtioNetHdr::LEN
+        }
+    }
+
+    /// Whether the guest takes frames with offload work left (partial checksums, GSO).
+    pub fn guest_offloads(&self) -> bool {
+        self.acked & (GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6) == GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6
+    }
+
+    /// The kick eventfd of queue `q`, to watch.
+    pub fn kick_fd(&self, q: usize) -> Option<BorrowedFd<'_>> {
+        self.vrings.get(q)?.kick.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Whether queue `q` runs: memory, addresses, a kick, enabled.
+    pub fn running(&self, q: usize) -> bool {
+        self.vrings
+            .get(q)
+            .is_some_and(|v| v.started && v.enabled && v.queue.ready())
+    }
+
+    /// Both queues run: the link is up for the guest.
+    pub fn link_up(&self) -> bool {
+        self.running(RX) && self.running(TX)
+    }
+
+    /// The kick of queue `q` fired (its eventfd was read).
+    pub fn kicked(&mut self, q: usize) {
+        if let Some(v) = self.vrings.get_mut(q) {
+            v.started = true;
+        }
+        self.setup(q);
+    }
+
+    fn vring(&mut self, index: u32) -> Result<&mut Vring, DeviceError> {
+        self.vrings
+            .get_mut(index as usize)
+            .ok_or(DeviceError::Queue(index))
+    }
+
+    /// Make queue `q` ready when it has everything.
+    fn setup(&mut self, q: usize) {
+        let Some(v) = self.vrings.get_mut(q) else {
+            return;
+        };
+        let Some(a) = v.addr else {
+            v.queue.set_ready(false);
+            return;
+        };
+        let (Some(desc), Some(avail), Some(used)) = (
+            self.mem.uva_to_gpa(a.desc),
+            self.mem.uva_to_gpa(a.avail),
+            self.mem.uva_to_gpa(a.used),
+        ) else {
+            v.queue.set_ready(false);
+            return;
+        };
+        let split = |x: u64| (Some(x as u32), Some((x >> 32) as u32));
+        let (l, h) = split(desc);
+        v.queue.set_desc_table_address(l, h);
+        let (l, h) = split(avail);
+        v.queue.set_avail_ring_address(l, h);
+        let (l, h) = split(used);
+        v.queue.set_used_ring_address(l, h);
+        v.queue.set_event_idx(self.acked & RING_EVENT_IDX != 0);
+        v.queue.set_ready(true);
+        if !v.queue.is_valid(self.mem.mem()) {
+            v.queue.set_ready(false);
+        }
+    }
+
+    fn ack(&self, h: &Header, ok: bool) -> Option<Vec<u8>> {
+        (self.protocol_acked & protocol::REPLY_ACK != 0 && h.need_reply())
+            .then(|| msg::reply_u64(h.request, (!ok) as u64))
+    }
+
+    /// Handle one message. Errors are answered (when the front-end wants an answer) and
+    /// logged; the device stays as it was.
+    pub fn handle(&mut self, h: &Header, req: Request) -> Handled {
+        let mut out = Handled::default();
+        let r = self.apply(h, req, &mut out);
+        if let Err(e) = &r {
+            tracing::warn!(request = h.request, "vhost-user request refused: {e}");
+        }
+        if out.reply.is_none() {
+            out.reply = self.ack(h, r.is_ok());
+        }
+        out
+    }
+
+    fn apply(&mut self, h: &Header, req: Request, out: &mut Handled) -> Result<(), DeviceError> {
+        match req {
+            Request::GetFeatures => out.reply = Some(msg::reply_u64(h.request, FEATURES)),
+            Request::SetFeatures(f) => {
+                if f & !FEATURES != 0 {
+                    return Err(DeviceError::Features(f & !FEATURES));
+                }
+                self.acked = f;
+                // Without protocol features, rings are enabled from the start.
+                if f & PROTOCOL_FEATURES == 0 {
+                    for v in &mut self.vrings {
+                        v.enabled = true;
+                    }
+                }
+                for q in 0..QUEUES {
+                    self.setup(q);
+                }
+            }
+            Request::GetProtocolFeatures => {
+                out.reply = Some(msg::reply_u64(h.request, PROTOCOL_FEATURES_OFFERED))
+            }
+            Request::SetProtocolFeatures(f) => {
+                if f & !PROTOCOL_FEATURES_OFFERED != 0 {
+                    return Err(DeviceError::Features(f));
+                }
+                self.protocol_acked = f;
+            }
+            Request::SetOwner => self.owned = true,
+            Request::ResetOwner => self.reset(),
+            Request::GetQueueNum => out.reply = Some(msg::reply_u64(h.request, 1)),
+            Request::GetMaxMemSlots => {
+                out.reply = Some(msg::reply_u64(h.request, MAX_MEM_SLOTS as u64))
+            }
+            Request::SetMemTable(t) => {
+                self.mem = GuestMem::new(t)?;
+                for q in 0..QUEUES {
+                    self.setup(q);
+                }
+            }
+            Request::AddMemReg(r, fd) => {
+                self.mem = self.mem.add(r, fd)?;
+                for q in 0..QUEUES {
+                    self.setup(q);
+                }
+            }
+            Request::RemMemReg(r) => {
+                self.mem = self.mem.remove(&r);
+                for q in 0..QUEUES {
+                    self.setup(q);
+                }
+            }
+            Request::SetVringNum { index, num } => {
+                if num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
+                    return Err(DeviceError::RingSize(num));
+                }
+                self.vring(index)?.queue.set_size(num as u16);
+            }
+            Request::SetVringAddr(a) => {
+                self.vring(a.index)?.addr = Some(a);
+                self.setup(a.index as usize);
+            }
+            Request::SetVringBase { index, num } => {
+                let v = self.vring(index)?;
+                v.queue.set_next_avail(num as u16);
+                v.queue.set_next_used(num as u16);
+            }
+            Request::GetVringBase { index } => {
+                let v = self.vring(index)?;
+                let base = v.queue.next_avail();
+                // The ring stops; it starts again at its next kick.
+                v.started = false;
+                v.kick = None;
+                out.kick_changed = Some(index as usize);
+                out.reply = Some(msg::reply_state(h.request, index, base as u32));
+            }
+            Request::SetVringKick { index, fd } => {
+                let v = self.vring(index)?;
+                v.kick = fd;
+                v.started = true;
+                out.kick_changed = Some(index as usize);
+                self.setup(index as usize);
+            }
+            Request::SetVringCall { index, fd } => self.vring(index)?.call = fd,
+            Request::SetVringErr { index, .. } => {
+                self.vring(index)?;
+            }
+            Request::SetVringEnable { index, enable } => {
+                self.vring(index)?.enabled = enable;
+            }
+            Request::SendRarp(mac) => out.rarp = Some(mac),
+            Request::NetSetMtu(_) | Request::SetLogBase | Request::SetLogFd => {}
+            Request::SetBackendReqFd(_) => {}
+            Request::GetConfig { .. } | Request::SetConfig { .. } => {
+                return Err(DeviceError::Unsupported(h.request))
+            }
+            Request::Unknown(c) => return Err(DeviceError::Unsupported(c)),
+        }
+        Ok(())
+    }
+
+    /// The front-end went away: everything is forgotten.
+    pub fn reset(&mut self) {
+        *self = NetDevice {
+            bad_chains: self.bad_chains,
+            runts: self.runts,
+            ..NetDevice::new()
+        };
+    }
+
+    /// The guest's next frame from the transmit queue into `data` (replaced); returns its
+    /// offload metadata (`Some(None)`: a plain frame), or `None` when the queue holds nothing
+    /// more (the kick is re-armed).
+    pub fn tx_pop(&mut self, data: &mut Vec<u8>) -> Option<Option<VirtioNetHdr>> {
+        if !self.running(TX) {
+            return None;
+        }
+        let hdr_len = self.hdr_len();
+        loop {
+            let mem = self.mem.mem();
+            let v = &mut self.vrings[TX];
+            let Some(chain) = v.queue.pop_descriptor_chain(mem) else {
+                // Empty: ask for a kick when more comes (event index or flags), and look once
+                // more in case some came meanwhile.
+                match v.queue.enable_notification(mem) {
+                    Ok(true) => continue,
+                    _ => return None,
+                }
+            };
+            let head = chain.head_index();
+            self.scratch.clear();
+            let mut ok = true;
+            for d in chain {
+                let len = d.len() as usize;
+                if d.is_write_only() || self.scratch.len() + len > hdr_len + MAX_FRAME {
+                    ok = false;
+                    break;
+                }
+                let at = self.scratch.len();
+                self.scratch.resize(at + len, 0);
+                if mem.read_slice(&mut self.scratch[at..], d.addr()).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            // Used either way: a malformed chain goes back to the guest, unread.
+            let _ = v.queue.add_used(mem, head, 0);
+            v.used = true;
+            if !ok {
+                self.bad_chains += 1;
+                continue;
+            }
+            let Some(hdr) = VirtioNetHdr::parse(&self.scratch) else {
+                self.runts += 1;
+                continue;
+            };
+            if self.scratch.len() < hdr_len + 14 {
+                self.runts += 1;
+                continue;
+            }
+            data.clear();
+            data.extend_from_slice(&self.scratch[hdr_len..]);
+            return Some(hdr.needs_work().then_some(hdr));
+        }
+    }
+
+    /// Put `data` (with `offload` when the guest takes offloads, else a plain header) into
+    /// the guest's receive buffers.
+    pub fn rx_push(&mut self, data: &[u8], offload: Option<VirtioNetHdr>) -> RxPush {
+        if !self.running(RX) {
+            return RxPush::Dropped;
+        }
+        let hdr_len = self.hdr_len();
+        let mergeable = self.acked & MRG_RXBUF != 0;
+        let total = hdr_len + data.len();
+        let mem = self.mem.mem();
+        let v = &mut self.vrings[RX];
+        // The chains that take the frame: one, or with mergeable buffers as many as needed.
+        let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
+        let mut room = 0usize;
+        let mut rearmed = false;
+        while room < total && (mergeable || chains.is_empty()) {
+            let Some(chain) = v.queue.pop_descriptor_chain(mem) else {
+                for _ in 0..chains.len() {
+                    v.queue.go_to_previous_position();
+                }
+                chains.clear();
+                room = 0;
+                // Out of buffers: the guest kicks when it adds some; look once more in case
+                // some came meanwhile.
+                if !rearmed && v.queue.enable_notification(mem).unwrap_or(false) {
+                    rearmed = true;
+                    continue;
+                }
+                return RxPush::NoBuffers;
+            };
+            let head = chain.head_index();
+            let mut parts = Vec::new();
+            let mut bad = false;
+            for d in chain {
+                if !d.is_write_only() {
+                    bad = true;
+                    break;
+                }
+                parts.push((d.addr(), d.len() as usize));
+                room += d.len() as usize;
+            }
+            if bad || parts.is_empty() {
+                // Unusable: back to the guest unused; the frame waits for good buffers.
+                for _ in 0..chains.len() {
+                    v.queue.go_to_previous_position();
+                }
+                let _ = v.queue.add_used(mem, head, 0);
+                v.used = true;
+                self.bad_chains += 1;
+                return RxPush::Dropped;
+            }
+            chains.push((head, parts));
+        }
+        if room < total {
+            // One chain too small for the frame (no mergeable buffers): it goes back unused.
+            for (head, _) in &chains {
+                let _ = v.queue.add_used(mem, *head, 0);
+            }
+            v.used = true;
+            return RxPush::Dropped;
+        }
+        let mut hdr = [0u8; 12];
+        if let Some(o) = offload.filter(|o| o.needs_work()) {
+            hdr[0] = o.flags;
+            hdr[1] = o.gso_type;
+            hdr[2..4].copy_from_slice(&o.hdr_len.to_le_bytes());
+            hdr[4..6].copy_from_slice(&o.gso_size.to_le_bytes());
+            hdr[6..8].copy_from_slice(&o.csum_start.to_le_bytes());
+            hdr[8..10].copy_from_slice(&o.csum_offset.to_le_bytes());
+        }
+        hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        let hdr = &hdr[..hdr_len];
+        let mut src = hdr.iter().chain(data.iter()).copied();
+        let mut left = total;
+        let mut failed = false;
+        let mut buf = Vec::new();
+        let mut used = Vec::with_capacity(chains.len());
+        for (head, parts) in &chains {
+            let mut written = 0usize;
+            for (addr, len) in parts {
+                let n = (*len).min(left);
+                if n == 0 {
+                    break;
+                }
+                buf.clear();
+                buf.extend(src.by_ref().take(n));
+                if mem.write_slice(&buf, *addr).is_err() {
+                    failed = true;
+                }
+                written += n;
+                left -= n;
+            }
+            used.push((*head, written as u32));
+        }
+        if !v.add_used_batch(mem, &used) {
+            failed = true;
+        }
+        if failed {
+            self.bad_chains += 1;
+            return RxPush::Dropped;
+        }
+        RxPush::Taken
+    }
+
+    /// The queues whose call eventfd should be signalled now (buffers were used and the
+    /// guest wants to hear of it), with the eventfd.
+    pub fn notify(&mut self) -> Vec<BorrowedFd<'_>> {
+        let mem = self.mem.mem();
+        let mut due = [false; QUEUES];
+        for (q, v) in self.vrings.iter_mut().enumerate() {
+            if v.used && v.queue.ready() {
+                v.used = false;
+                fence_acquire();
+                due[q] = v.wants_interrupt(mem);
+            }
+        }
+        self.vrings
+            .iter()
+            .zip(due)
+            .filter(|(_, d)| *d)
+            .filter_map(|(v, _)| v.call.as_ref().map(|f| f.as_fd()))
+            .collect()
+    }
+
+    /// Whether the transmit queue has chains the device has not taken (read from the ring).
+    pub fn tx_waiting(&self) -> bool {
+        let v = &self.vrings[TX];
+        self.running(TX)
+            && v.queue
+                .avail_idx(self.mem.mem(), Ordering::Acquire)
+                .is_ok_and(|i| i != Wrapping(v.queue.next_avail()))
+    }
+}
+
+/// Order the used-ring writes before reading the driver's event index (the full barrier
+/// virtio's "suppression" needs between publishing and checking).
+fn fence_acquire() {
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
