@@ -93,3 +93,135 @@ echo "NETDEVD-TEST PASS"
     assert!(r["return"].is_array(), "{r}");
     assert!(nd.child.try_wait().unwrap().is_none(), "netdevd died");
 }
+
+/// Two guests, each on a vhost-user NIC, on one hub: they ping each other and copy a file;
+/// `announce-self` sends RARP frames from each NIC's MAC onto the hub, seen by a stream
+/// client the test attaches to the same hub.
+#[test]
+fn two_guests_on_vhost_user_nics_and_announce_self() {
+    use std::io::Read;
+    let dir = TempDir::new("vhu-hub");
+    let (sa, sb, tap) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("tap.sock"));
+    let qmp = dir.path("n.sock");
+    let _nd = start_netdevd(
+        &qmp,
+        &[
+            "--netdev",
+            "hubport,id=pa,hubid=0",
+            "--netdev",
+            "hubport,id=pb,hubid=0",
+            "--netdev",
+            &format!(
+                "stream,id=t,server=on,addr.type=unix,addr.path={}",
+                tap.display()
+            ),
+            "--netdev",
+            "hubport,id=pt,hubid=0,netdev=t",
+            "--nic",
+            &format!(
+                "id=nica,netdev=pa,macaddr=52:54:00:12:34:a1,socket={}",
+                sa.display()
+            ),
+            "--nic",
+            &format!(
+                "id=nicb,netdev=pb,macaddr=52:54:00:12:34:b1,socket={}",
+                sb.display()
+            ),
+        ],
+    );
+    // The test's own port on the hub: length-prefixed frames, RARPs kept.
+    let mut s = std::os::unix::net::UnixStream::connect(&tap).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<[u8; 6]>();
+    std::thread::spawn(move || loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            break;
+        }
+        let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut f).is_err() {
+            break;
+        }
+        if f.len() >= 14 && f[12..14] == [0x80, 0x35] {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&f[6..12]);
+            let _ = tx.send(mac);
+        }
+    });
+    let script_a = r#"#!/bin/sh
+ip addr add 10.0.0.1/24 dev eth0 && ip link set eth0 up || { echo "NETDEVD-TEST FAIL ifup"; exit 1; }
+dd if=/dev/urandom of=/www/file bs=1024 count=4096 2>/dev/null
+echo "MD5 $(md5sum /www/file | cut -d' ' -f1)"
+httpd -p 80 -h /www
+i=0
+until ping -c 1 -W 1 10.0.0.2 >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -ge 90 ] && { echo "NETDEVD-TEST FAIL no ping reply"; exit 1; }
+done
+echo "NETDEVD-TEST PING OK"
+nc -l -p 81 | grep -q done && echo "NETDEVD-TEST PASS"
+"#;
+    let script_b = r#"#!/bin/sh
+ip addr add 10.0.0.2/24 dev eth0 && ip link set eth0 up || { echo "NETDEVD-TEST FAIL ifup"; exit 1; }
+i=0
+until ping -c 1 -W 1 10.0.0.1 >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -ge 90 ] && { echo "NETDEVD-TEST FAIL no ping reply"; exit 1; }
+done
+ping -c 3 -W 2 10.0.0.1 | grep -q " 0% packet loss" || { echo "NETDEVD-TEST FAIL ping loss"; exit 1; }
+echo "NETDEVD-TEST PING OK"
+i=0
+until wget -q -O /tmp/got http://10.0.0.1/file; do
+  i=$((i+1)); [ $i -ge 30 ] && { echo "NETDEVD-TEST FAIL wget"; exit 1; }; sleep 1
+done
+echo "MD5 $(md5sum /tmp/got | cut -d' ' -f1)"
+i=0
+until echo done | nc 10.0.0.1 81; do
+  i=$((i+1)); [ $i -ge 30 ] && { echo "NETDEVD-TEST FAIL signal"; exit 1; }; sleep 1
+done
+echo "NETDEVD-TEST PASS"
+"#;
+    let mut a = Guest::boot_with(
+        "a",
+        &dir.0,
+        &vhost_user_args(&sa, "52:54:00:12:34:a1"),
+        script_a,
+    );
+    let mut b = Guest::boot_with(
+        "b",
+        &dir.0,
+        &vhost_user_args(&sb, "52:54:00:12:34:b1"),
+        script_b,
+    );
+    let md5_a = a.wait_for("MD5 ", BOOT);
+    b.wait_for("NETDEVD-TEST PING OK", BOOT);
+    a.wait_for("NETDEVD-TEST PING OK", BOOT);
+    // announce-self while both guests run (a NIC whose VMM is gone is link-down, and QEMU
+    // drops what a link-down NIC sends): two rounds from each NIC reach the test's port.
+    while rx.try_recv().is_ok() {}
+    let mut q = common::Qmp::negotiated(&qmp);
+    let r = q.cmd(&serde_json::json!({"execute": "announce-self", "arguments": {"initial": 50, "max": 550, "rounds": 2, "step": 100}}));
+    assert_eq!(r["return"], serde_json::json!({}), "{r}");
+    let mut seen = Vec::new();
+    while let Ok(m) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push(m);
+    }
+    for mac in [
+        [0x52, 0x54, 0, 0x12, 0x34, 0xa1],
+        [0x52, 0x54, 0, 0x12, 0x34, 0xb1],
+    ] {
+        assert_eq!(
+            seen.iter().filter(|m| **m == mac).count(),
+            2,
+            "RARPs from {mac:02x?}: {seen:02x?}"
+        );
+    }
+    let md5_b = b.wait_for("MD5 ", BOOT);
+    assert_eq!(md5_a, md5_b, "the copied file differs");
+    b.wait_for("NETDEVD-TEST PASS", BOOT);
+    a.wait_for("NETDEVD-TEST PASS", BOOT);
+    for g in [&mut a, &mut b] {
+        assert_eq!(
+            g.wait_for("NETDEVD-GUEST EXIT", BOOT),
+            "NETDEVD-GUEST EXIT 0"
+        );
+    }
+}

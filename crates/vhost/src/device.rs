@@ -644,3 +644,127 @@ impl NetDevice {
 fn fence_acquire() {
     std::sync::atomic::fence(Ordering::SeqCst);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::Driver;
+    use crate::msg::code;
+
+    fn running(features: u64) -> (NetDevice, Driver) {
+        let d = Driver::new(4 << 20, 256).unwrap();
+        let mut dev = NetDevice::new();
+        for (h, r) in d.setup(features).unwrap() {
+            let out = dev.handle(&h, r);
+            assert!(out.reply.is_none());
+        }
+        assert!(dev.link_up(), "both rings run after setup");
+        (dev, d)
+    }
+
+    #[test]
+    fn transmit_chains_become_frames_and_bad_ones_are_counted() {
+        let (mut dev, mut d) = running(FEATURES);
+        let frame: Vec<u8> = (0..1514u32).map(|i| i as u8).collect();
+        let mut hdr = [0u8; 12];
+        hdr[0] = VirtioNetHdr::NEEDS_CSUM;
+        hdr[6] = 34;
+        hdr[8] = 16;
+        // Header and frame split over three descriptors.
+        d.offer(
+            TX,
+            0,
+            &[
+                (&hdr[..], false),
+                (&frame[..100], false),
+                (&frame[100..], false),
+            ],
+        );
+        let mut out = Vec::new();
+        let off = dev.tx_pop(&mut out).expect("a frame");
+        assert_eq!(out, frame);
+        assert_eq!(off.map(|h| (h.flags, h.csum_start)), Some((1, 34)));
+        assert_eq!(d.take_used(TX), vec![(0, 0)]);
+        assert!(dev.tx_pop(&mut out).is_none());
+        // A device-writable descriptor in a transmit chain; a runt; then a good frame.
+        d.offer(TX, 3, &[(&hdr[..], false), (&frame[..], true)]);
+        d.offer(TX, 5, &[(&hdr[..], false), (&frame[..10], false)]);
+        d.offer(TX, 7, &[(&[0u8; 12][..], false), (&frame[..60], false)]);
+        assert_eq!(dev.tx_pop(&mut out), Some(None));
+        assert_eq!(out, &frame[..60]);
+        assert_eq!((dev.bad_chains, dev.runts), (1, 1));
+        assert_eq!(
+            d.take_used(TX).len(),
+            3,
+            "every chain goes back to the guest"
+        );
+        // A descriptor pointing outside guest memory.
+        d.offer(TX, 9, &[(&hdr[..], false), (&frame[..60], false)]);
+        d.poke(
+            crate::driver::RING_SPAN + 16 * 10,
+            &(1u64 << 40).to_le_bytes(),
+        );
+        assert!(dev.tx_pop(&mut out).is_none());
+        assert_eq!(dev.bad_chains, 2);
+    }
+
+    #[test]
+    fn receive_spreads_a_frame_over_mergeable_buffers() {
+        let (mut dev, mut d) = running(FEATURES);
+        let frame: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(dev.rx_push(&frame, None), RxPush::NoBuffers);
+        for i in 0..3u16 {
+            d.offer(RX, i, &[(&[0u8; 1000][..], true)]);
+        }
+        assert_eq!(dev.rx_push(&frame, None), RxPush::Taken);
+        let used = d.take_used(RX);
+        assert_eq!(used, vec![(0, 1000), (1, 1000), (2, 512)]);
+        let mut got = Vec::new();
+        for (head, len) in used {
+            got.extend(d.read_desc(RX, head as u16, len as usize));
+        }
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+        assert_eq!(&got[12..], &frame[..]);
+        // Without mergeable buffers a chain too small for the frame goes back unused.
+        let (mut dev, mut d) = running(FEATURES & !MRG_RXBUF);
+        d.offer(RX, 0, &[(&[0u8; 1000][..], true)]);
+        assert_eq!(dev.rx_push(&frame, None), RxPush::Dropped);
+        assert_eq!(d.take_used(RX), vec![(0, 0)]);
+        // A read-only descriptor in a receive chain is a bad chain.
+        d.offer(RX, 1, &[(&[0u8; 4000][..], false)]);
+        assert_eq!(dev.rx_push(&frame, None), RxPush::Dropped);
+        assert_eq!(dev.bad_chains, 1);
+    }
+
+    #[test]
+    fn messages_are_answered_and_bad_ones_refused() {
+        let mut dev = NetDevice::new();
+        let h = crate::driver::header(code::GET_FEATURES);
+        let r = dev.handle(&h, Request::GetFeatures).reply.unwrap();
+        assert_eq!(r.len(), 20);
+        assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), FEATURES);
+        // REPLY_ACK: a refused request says so.
+        let h = crate::driver::header(code::SET_PROTOCOL_FEATURES);
+        dev.handle(&h, Request::SetProtocolFeatures(protocol::REPLY_ACK));
+        let mut h = crate::driver::header(code::SET_VRING_NUM);
+        h.flags |= msg::FLAG_NEED_REPLY;
+        let r = dev
+            .handle(&h, Request::SetVringNum { index: 0, num: 3 })
+            .reply
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), 1);
+        let r = dev
+            .handle(&h, Request::SetVringNum { index: 7, num: 256 })
+            .reply
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), 1);
+        let r = dev
+            .handle(&h, Request::SetVringNum { index: 0, num: 256 })
+            .reply
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), 0);
+        let h = crate::driver::header(code::SET_FEATURES);
+        dev.handle(&h, Request::SetFeatures(MQ));
+        assert_eq!(dev.features(), 0, "a feature never offered is refused");
+    }
+}

@@ -10,6 +10,7 @@
 //! checked accessors are what keeps guest memory untrusted).
 
 pub mod device;
+pub mod driver;
 pub mod memory;
 pub mod msg;
 
