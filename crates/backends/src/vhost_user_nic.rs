@@ -54,6 +54,9 @@ pub struct VhostUserNic {
     paused: bool,
     /// A frame was refused for want of receive buffers: the core waits for a kick.
     rx_blocked: bool,
+    /// Frames of netdevd's own to send from the NIC before the guest's (the RARPs a
+    /// `SEND_RARP` asks for).
+    own: std::collections::VecDeque<Vec<u8>>,
     /// Messages that could not be parsed (the connection was closed for each).
     pub bad_messages: u64,
 }
@@ -84,6 +87,7 @@ impl VhostUserNic {
             link: false,
             paused: false,
             rx_blocked: false,
+            own: std::collections::VecDeque::new(),
             bad_messages: 0,
         })
     }
@@ -194,6 +198,12 @@ impl VhostUserNic {
                     let _ = self.reg.add(fd, SUB_KICK + q as u32, Interest::READ);
                 }
             }
+            if let Some(mac) = out.rarp {
+                // After a migration the VMM asks the back-end to announce the guest: the
+                // same frame announce-self sends, from the NIC onto its peer.
+                let f = netdevd_core::announce::rarp_frame(netdevd_core::frame::MacAddr(mac));
+                self.own.push_back(f.to_vec());
+            }
             if let Some(reply) = out.reply {
                 let Some(c) = self.conn.as_mut() else { return };
                 if c.stream.write_all(&reply).is_err() {
@@ -259,6 +269,12 @@ impl Backend for VhostUserNic {
         if self.paused {
             return false;
         }
+        if let Some(f) = self.own.pop_front() {
+            out.data.clear();
+            out.data.extend_from_slice(&f);
+            out.offload = None;
+            return true;
+        }
         match self.dev.tx_pop(&mut out.data) {
             Some(offload) => {
                 out.offload = offload;
@@ -283,7 +299,7 @@ impl Backend for VhostUserNic {
     }
 
     fn has_pending(&self) -> bool {
-        !self.paused && self.dev.tx_waiting()
+        !self.paused && (!self.own.is_empty() || self.dev.tx_waiting())
     }
 
     fn info(&self) -> String {

@@ -225,3 +225,133 @@ echo "NETDEVD-TEST PASS"
         );
     }
 }
+
+/// What netdevd holds: open fds and mappings.
+fn held(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .count();
+    (fds, maps)
+}
+
+/// Send one request (bytes and fds) on a front-end connection.
+fn send(s: &std::os::unix::net::UnixStream, req: &netdevd_vhost::msg::Request) {
+    use std::os::fd::AsFd;
+    let (bytes, fds) = netdevd_vhost::msg::encode(req);
+    let n = netdevd_sys::send_with_fds(s.as_fd(), &bytes, &fds).unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// A front-end of the test's own (the driver side of `netdevd_vhost::driver`) connects
+/// 1000 times: every tenth time it sets the device up whole (memory, rings, kicks) and asks
+/// for an announcement (`SEND_RARP`), which reaches the hub; malformed messages close the
+/// connection. Afterwards netdevd holds no more fds or mappings than before, and a QEMU-less
+/// front-end still gets its features answered.
+#[test]
+fn a_thousand_front_ends_come_and_go_and_nothing_leaks() {
+    use netdevd_vhost::msg::{code, Request};
+    use std::io::{Read, Write};
+    let dir = TempDir::new("vhu-cycles");
+    let (sock, tap) = (dir.path("nic.sock"), dir.path("tap.sock"));
+    let nd = start_netdevd(
+        &dir.path("n.sock"),
+        &[
+            "--netdev",
+            "hubport,id=pa,hubid=0",
+            "--netdev",
+            &format!(
+                "stream,id=t,server=on,addr.type=unix,addr.path={}",
+                tap.display()
+            ),
+            "--netdev",
+            "hubport,id=pt,hubid=0,netdev=t",
+            "--nic",
+            &format!(
+                "id=nic0,netdev=pa,macaddr=52:54:00:12:34:c1,socket={}",
+                sock.display()
+            ),
+        ],
+    );
+    let pid = nd.child.id();
+    let mut t = std::os::unix::net::UnixStream::connect(&tap).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = held(pid);
+    let features = |s: &mut std::os::unix::net::UnixStream| -> u64 {
+        send(s, &Request::GetFeatures);
+        let mut r = [0u8; 20];
+        s.read_exact(&mut r).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(r[..4].try_into().unwrap()),
+            code::GET_FEATURES
+        );
+        u64::from_le_bytes(r[12..].try_into().unwrap())
+    };
+    let mut rarps = 0;
+    for i in 0..1000 {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let f = features(&mut s);
+        assert!(f & (1 << 32) != 0, "VERSION_1 offered");
+        match i % 10 {
+            0 => {
+                // The whole set-up, then SEND_RARP.
+                let d = netdevd_vhost::driver::Driver::new(1 << 20, 256).unwrap();
+                send(&s, &Request::SetOwner);
+                for (_, r) in d.setup(netdevd_vhost::device::FEATURES).unwrap() {
+                    let r = match r {
+                        Request::SetVringKick { index, .. } => Request::SetVringKick {
+                            index,
+                            fd: Some(
+                                rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+                                    .unwrap(),
+                            ),
+                        },
+                        r => r,
+                    };
+                    send(&s, &r);
+                }
+                send(&s, &Request::SendRarp([0x52, 0x54, 0, 0x12, 0x34, 0xc1]));
+                // The announcement arrives on the hub's other port.
+                let mut len = [0u8; 4];
+                t.read_exact(&mut len).unwrap();
+                let mut fr = vec![0u8; u32::from_be_bytes(len) as usize];
+                t.read_exact(&mut fr).unwrap();
+                assert_eq!(&fr[12..14], &[0x80, 0x35], "a RARP");
+                assert_eq!(&fr[6..12], &[0x52, 0x54, 0, 0x12, 0x34, 0xc1]);
+                rarps += 1;
+            }
+            1 => {
+                // A wrong protocol version: netdevd hangs up.
+                s.write_all(&[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).unwrap_or(0), 0, "connection closed");
+            }
+            2 => {
+                // A memory table that promises a fd and brings none.
+                let mut m = vec![5, 0, 0, 0, 1, 0, 0, 0, 40, 0, 0, 0];
+                m.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+                m.extend_from_slice(&[0u8; 32]);
+                s.write_all(&m).unwrap();
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).unwrap_or(0), 0, "connection closed");
+            }
+            _ => {}
+        }
+        drop(s);
+    }
+    assert_eq!(rarps, 100);
+    // Let netdevd see the last hang-up.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(features(&mut s) != 0);
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = held(pid);
+    assert_eq!(after, before, "fds and mappings (before, after)");
+}

@@ -7,7 +7,8 @@
 //!
 //! One queue pair (receive queue 0, transmit queue 1). Features offered: `VERSION_1`,
 //! `MRG_RXBUF`, `CSUM`, `GUEST_CSUM`, `HOST_TSO4/6`, `GUEST_TSO4/6`, `RING_INDIRECT_DESC`,
-//! `RING_EVENT_IDX`, and the vhost-user protocol features `REPLY_ACK` and
+//! `RING_EVENT_IDX`, and the vhost-user protocol features `REPLY_ACK`, `RARP` (the VMM's
+//! `SEND_RARP` after a migration: the caller sends the announcement) and
 //! `CONFIGURE_MEM_SLOTS`. Offloads travel as the frame's virtio-net header: a guest's 64 KiB
 //! TSO segment leaves the device whole, and frames with offload work left go to a guest that
 //! took the `GUEST_*` features as they are.
@@ -74,7 +75,8 @@ pub const FEATURES: u64 = VERSION_1
     | RING_EVENT_IDX
     | PROTOCOL_FEATURES;
 /// The vhost-user protocol features offered.
-pub const PROTOCOL_FEATURES_OFFERED: u64 = protocol::REPLY_ACK | protocol::CONFIGURE_MEM_SLOTS;
+pub const PROTOCOL_FEATURES_OFFERED: u64 =
+    protocol::REPLY_ACK | protocol::CONFIGURE_MEM_SLOTS | protocol::RARP;
 /// Queues: one receive and one transmit queue.
 pub const QUEUES: usize = 2;
 pub const RX: usize = 0;
@@ -457,16 +459,21 @@ impl NetDevice {
             return None;
         }
         let hdr_len = self.hdr_len();
-        loop {
+        let mut rearmed = false;
+        // At most a ring's worth of chains per call: a guest's avail index cannot keep the
+        // device here.
+        for _ in 0..=u32::from(MAX_QUEUE_SIZE) {
             let mem = self.mem.mem();
             let v = &mut self.vrings[TX];
             let Some(chain) = v.queue.pop_descriptor_chain(mem) else {
                 // Empty: ask for a kick when more comes (event index or flags), and look once
-                // more in case some came meanwhile.
-                match v.queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    _ => return None,
+                // more in case some came meanwhile (once: a guest's bogus avail index makes
+                // "more came" true for ever).
+                if !rearmed && v.queue.enable_notification(mem).unwrap_or(false) {
+                    rearmed = true;
+                    continue;
                 }
+                return None;
             };
             let head = chain.head_index();
             self.scratch.clear();
@@ -503,6 +510,7 @@ impl NetDevice {
             data.extend_from_slice(&self.scratch[hdr_len..]);
             return Some(hdr.needs_work().then_some(hdr));
         }
+        None
     }
 
     /// Put `data` (with `offload` when the guest takes offloads, else a plain header) into
