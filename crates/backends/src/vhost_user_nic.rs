@@ -63,6 +63,13 @@ pub struct VhostUserNic {
 
 impl VhostUserNic {
     pub fn new(reg: Registration, cfg: NicConfig) -> Result<Self, BackendError> {
+        // A socket file left by an earlier netdevd (killed, not stopped) is replaced, as
+        // QEMU's server sockets do: a VMM waiting to reconnect finds the new one.
+        if std::fs::symlink_metadata(&cfg.path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            let _ = std::fs::remove_file(&cfg.path);
+        }
         let listener = UnixListener::bind(&cfg.path).map_err(|e| BackendError::Io {
             what: format!("Failed to bind socket to {}", cfg.path.display()),
             source: e,

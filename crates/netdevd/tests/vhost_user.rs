@@ -355,3 +355,69 @@ fn a_thousand_front_ends_come_and_go_and_nothing_leaks() {
     let after = held(pid);
     assert_eq!(after, before, "fds and mappings (before, after)");
 }
+
+/// netdevd killed and started again under a running guest: QEMU (`reconnect=1` on the
+/// chardev) connects to the new netdevd, sets the rings up again where they were, and the
+/// guest's pings of the gateway go on.
+#[test]
+fn netdevd_restarted_under_a_running_guest() {
+    let dir = TempDir::new("vhu-restart");
+    let sock = dir.path("nic.sock");
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    let args = |sock: &std::path::Path| {
+        vec![
+            "--resolv-conf".to_string(),
+            resolv.to_str().unwrap().to_string(),
+            "--netdev".into(),
+            "user,id=u".into(),
+            "--nic".into(),
+            format!("id=nic0,netdev=u,socket={}", sock.display()),
+        ]
+    };
+    let a = args(&sock);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut nd = start_netdevd(&dir.path("n.sock"), &a);
+    let script = r#"#!/bin/sh
+ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up || { echo "NETDEVD-TEST FAIL ifup"; exit 1; }
+n=0
+while [ $n -lt 600 ]; do
+  n=$((n+1))
+  if ping -c 1 -W 1 10.0.2.2 >/dev/null 2>&1; then echo "PING OK $n"; else echo "PING LOST $n"; fi
+done
+"#;
+    let mut net = vhost_user_args(&sock, "52:54:00:12:34:d1");
+    // QEMU reconnects to the socket every second when it goes away.
+    net[5] = format!("socket,id=c0,path={},reconnect=1", sock.display());
+    let mut g = Guest::boot_with("g", &dir.0, &net, script);
+    g.wait_for("PING OK", BOOT);
+    // Kill netdevd (no clean shutdown) and start another on the same socket.
+    nd.child.kill().unwrap();
+    nd.child.wait().unwrap();
+    let lost = g.wait_for("PING LOST", Duration::from_secs(30));
+    let n_lost: u32 = lost.rsplit(' ').next().unwrap().parse().unwrap();
+    let nd2 = start_netdevd(&dir.path("n2.sock"), &a);
+    // Pings come back after the restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = g.wait_for("PING OK", deadline - std::time::Instant::now());
+        let n: u32 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        if n > n_lost {
+            break;
+        }
+        g.seen.retain(|s| s != &l);
+    }
+    // The guest killed mid-traffic: netdevd lets go of everything it held for it (as much
+    // as a netdevd of the same options that never had a guest holds).
+    drop(g);
+    let fresh_sock = dir.path("nic3.sock");
+    let a3 = args(&fresh_sock);
+    let a3: Vec<&str> = a3.iter().map(String::as_str).collect();
+    let nd3 = start_netdevd(&dir.path("n3.sock"), &a3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        held(nd2.child.id()),
+        held(nd3.child.id()),
+        "fds and mappings"
+    );
+}
