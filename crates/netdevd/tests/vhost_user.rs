@@ -421,3 +421,125 @@ done
         "fds and mappings"
     );
 }
+
+/// `set_link` on a vhost-user NIC stops frames both ways and `set_link` up brings them back;
+/// `query-rx-filter` reports the filter the NIC applies. The front-end is the test's own
+/// (`netdevd_vhost::driver`), the other end a stream client on the same hub.
+#[test]
+fn set_link_on_a_vhost_user_nic_stops_frames_both_ways() {
+    use netdevd_vhost::device::{RX, TX};
+    use netdevd_vhost::msg::Request;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let dir = TempDir::new("vhu-link");
+    let (sock, tap, qmp) = (
+        dir.path("nic.sock"),
+        dir.path("tap.sock"),
+        dir.path("n.sock"),
+    );
+    let _nd = start_netdevd(
+        &qmp,
+        &[
+            "--netdev",
+            "hubport,id=pa,hubid=0",
+            "--netdev",
+            &format!(
+                "stream,id=t,server=on,addr.type=unix,addr.path={}",
+                tap.display()
+            ),
+            "--netdev",
+            "hubport,id=pt,hubid=0,netdev=t",
+            "--nic",
+            &format!(
+                "id=nic0,netdev=pa,macaddr=52:54:00:12:34:e1,socket={}",
+                sock.display()
+            ),
+        ],
+    );
+    let mut t = std::os::unix::net::UnixStream::connect(&tap).unwrap();
+    t.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut d = netdevd_vhost::driver::Driver::new(1 << 20, 256).unwrap();
+    let kicks: Vec<std::os::fd::OwnedFd> = (0..2)
+        .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
+        .collect();
+    for (_, r) in d.setup(netdevd_vhost::device::FEATURES).unwrap() {
+        let r = match r {
+            Request::SetVringKick { index, .. } => Request::SetVringKick {
+                index,
+                fd: Some(kicks[index as usize].try_clone().unwrap()),
+            },
+            r => r,
+        };
+        send(&s, &r);
+    }
+    // A request with a reply: everything before it has been handled.
+    send(&s, &Request::GetFeatures);
+    let mut reply = [0u8; 20];
+    (&s).read_exact(&mut reply).unwrap();
+    let kick = |q: usize| {
+        rustix::io::write(kicks[q].as_fd(), &1u64.to_ne_bytes()).unwrap();
+    };
+    let mac = [0x52, 0x54, 0, 0x12, 0x34, 0xe1];
+    let mut frame = vec![0u8; 60];
+    frame[..6].copy_from_slice(&mac);
+    frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let mut rx_slot = 0u16;
+    let mut tx_slot = 0u16;
+    // One frame each way; returns (the guest got the hub's frame, the hub got the guest's).
+    let mut round =
+        |d: &mut netdevd_vhost::driver::Driver, t: &mut std::os::unix::net::UnixStream, tag: u8| {
+            d.offer(RX, rx_slot, &[(&[0u8; 2048][..], true)]);
+            rx_slot = (rx_slot + 1) % 256;
+            kick(RX);
+            let mut f = frame.clone();
+            f[20] = tag;
+            let mut m = (f.len() as u32).to_be_bytes().to_vec();
+            m.extend_from_slice(&f);
+            t.write_all(&m).unwrap();
+            let mut got_rx = false;
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(25));
+                if !d.take_used(RX).is_empty() {
+                    got_rx = true;
+                    break;
+                }
+            }
+            let mut g = frame.clone();
+            g[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+            g[6..12].copy_from_slice(&mac);
+            g[20] = tag;
+            d.offer(TX, tx_slot, &[(&[0u8; 12][..], false), (&g[..], false)]);
+            tx_slot = (tx_slot + 2) % 256;
+            kick(TX);
+            let mut got_tx = false;
+            let mut len = [0u8; 4];
+            while t.read_exact(&mut len).is_ok() {
+                let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+                t.read_exact(&mut b).unwrap();
+                if b.len() > 20 && b[6..12] == mac && b[20] == tag {
+                    got_tx = true;
+                    break;
+                }
+            }
+            (got_rx, got_tx)
+        };
+    let r1 = round(&mut d, &mut t, 1);
+    let mut q = common::Qmp::negotiated(&qmp);
+    let st = q.cmd(&serde_json::json!({"execute": "x-query-netdev-stats"}));
+    assert_eq!(r1, (true, true), "link up; {st}");
+    let r =
+        q.cmd(&serde_json::json!({"execute": "query-rx-filter", "arguments": {"name": "nic0"}}));
+    assert_eq!(r["return"][0]["main-mac"], "52:54:00:12:34:e1", "{r}");
+    assert_eq!(r["return"][0]["promiscuous"], true, "{r}");
+    let r = q.cmd(
+        &serde_json::json!({"execute": "set_link", "arguments": {"name": "nic0", "up": false}}),
+    );
+    assert_eq!(r["return"], serde_json::json!({}), "{r}");
+    assert_eq!(round(&mut d, &mut t, 2), (false, false), "link down");
+    q.cmd(&serde_json::json!({"execute": "set_link", "arguments": {"name": "nic0", "up": true}}));
+    assert_eq!(round(&mut d, &mut t, 3), (true, true), "link up again");
+    drop(s);
+}
