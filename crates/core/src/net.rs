@@ -388,6 +388,37 @@ impl Net {
         Ok(())
     }
 
+    /// `device_del`: remove the NIC named `name` (its peer netdev stays, unpeered).
+    pub fn remove_nic(&mut self, name: &str) -> Result<(), NetError> {
+        let ids: Vec<ClientId> = self
+            .find_all(name)
+            .into_iter()
+            .filter(|id| {
+                self.get(*id)
+                    .is_some_and(|c| matches!(c.role, Role::Nic { .. }))
+            })
+            .collect();
+        if ids.is_empty() {
+            return Err(NetError::NotFound(name.to_string()));
+        }
+        for id in ids {
+            self.remove(id);
+        }
+        Ok(())
+    }
+
+    /// The NICs there are.
+    pub fn nic_count(&self) -> usize {
+        self.ids()
+            .filter(|(_, c)| matches!(c.role, Role::Nic { .. }))
+            .count()
+    }
+
+    /// Whether client `id` still exists.
+    pub fn exists(&self, id: ClientId) -> bool {
+        self.get(id).is_some()
+    }
+
     fn remove(&mut self, id: ClientId) {
         let Some(mut client) = self.slots[id.idx as usize].client.take() else {
             return;

@@ -7,8 +7,8 @@ use std::time::Instant;
 use netdevd_core::nic;
 use netdevd_qapi::schema::{CommandDef, Ty};
 use netdevd_qapi::{
-    parse_as, AnnounceParameters, ClosefdArgs, GetfdArgs, Netdev, NetdevDelArgs, QueryRxFilterArgs,
-    SetLinkArgs, NETDEV,
+    parse_as, AnnounceParameters, ClosefdArgs, DeviceAddArgs, DeviceDelArgs, GetfdArgs, Netdev,
+    NetdevDelArgs, QueryRxFilterArgs, SetLinkArgs, NETDEV,
 };
 use netdevd_qmp::QmpError;
 use serde::de::DeserializeOwned;
@@ -45,6 +45,23 @@ impl State {
             "netdev_del" => {
                 let a: NetdevDelArgs = typed(args)?;
                 self.reg.netdev_del(&a.id)?;
+                Ok(json!({}))
+            }
+            "device_add" => {
+                let a: DeviceAddArgs = typed(args)?;
+                let o = crate::drivers::nic::from_device_add(&a)?;
+                let n = self.reg.net.nic_count();
+                crate::drivers::nic::add(&mut self.reg, &o, n)?;
+                Ok(json!({}))
+            }
+            "device_del" => {
+                let a: DeviceDelArgs = typed(args)?;
+                self.reg.device_del(&a.id)?;
+                // QEMU emits the event once the device is gone; here that is now.
+                self.events.push((
+                    "DEVICE_DELETED".into(),
+                    Some(json!({"device": a.id, "path": format!("/machine/peripheral/{}", a.id)})),
+                ));
                 Ok(json!({}))
             }
             "set_link" => {

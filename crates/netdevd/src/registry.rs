@@ -164,12 +164,25 @@ impl Registry {
     /// `netdev_del`: the client (all its queues) and the backends behind it.
     pub fn netdev_del(&mut self, id: &str) -> Result<(), QmpError> {
         self.net.remove_netdev(id).map_err(net_error)?;
+        self.drop_dead_slots();
+        Ok(())
+    }
+
+    /// `device_del`: the NIC and its transport.
+    pub fn device_del(&mut self, id: &str) -> Result<(), QmpError> {
+        self.net.remove_nic(id).map_err(net_error)?;
+        self.drop_dead_slots();
+        Ok(())
+    }
+
+    /// Free the slots whose client the core no longer has (a netdev and a NIC may share a
+    /// name, so slots go by client, not by name).
+    fn drop_dead_slots(&mut self) {
         for slot in self.backends.iter_mut() {
-            if slot.as_ref().is_some_and(|b| b.name == id) {
+            if slot.as_ref().is_some_and(|b| !self.net.exists(b.id)) {
                 *slot = None;
             }
         }
-        Ok(())
     }
 
     /// The drops by reason of the backends behind client `name`, added up over its queues.

@@ -543,3 +543,75 @@ fn set_link_on_a_vhost_user_nic_stops_frames_both_ways() {
     assert_eq!(round(&mut d, &mut t, 3), (true, true), "link up again");
     drop(s);
 }
+
+/// NICs over QMP: `device_add` makes one (QEMU's virtio-net-pci property names plus
+/// `socket`), a front-end attaches, `device_del` takes it away with DEVICE_DELETED, closes
+/// the front-end's connection and removes the socket; QEMU's texts for what is wrong.
+#[test]
+fn device_add_and_device_del_over_qmp() {
+    use std::io::Read;
+    let dir = TempDir::new("vhu-qmp");
+    let qmp = dir.path("n.sock");
+    let sock = dir.path("nic.sock");
+    let _nd = start_netdevd(&qmp, &["--netdev", "hubport,id=h0,hubid=0"]);
+    let mut q = common::Qmp::negotiated(&qmp);
+    let add = |q: &mut common::Qmp, args: serde_json::Value| {
+        q.cmd(&serde_json::json!({"execute": "device_add", "arguments": args}))
+    };
+    let r = add(
+        &mut q,
+        serde_json::json!({"driver": "e1000", "id": "x", "socket": sock}),
+    );
+    assert_eq!(
+        r["error"]["desc"], "'e1000' is not a valid device model name",
+        "{r}"
+    );
+    let r = add(
+        &mut q,
+        serde_json::json!({"driver": "virtio-net-pci", "id": "x"}),
+    );
+    assert_eq!(r["error"]["desc"], "Parameter 'socket' is missing", "{r}");
+    let r = add(
+        &mut q,
+        serde_json::json!({"driver": "virtio-net-pci", "id": "nic1", "netdev": "h0", "mac": "52:54:00:12:34:f1", "socket": sock}),
+    );
+    assert_eq!(r["return"], serde_json::json!({}), "{r}");
+    let r = add(
+        &mut q,
+        serde_json::json!({"driver": "virtio-net-pci", "id": "nic1", "socket": dir.path("b.sock")}),
+    );
+    assert_eq!(r["error"]["desc"], "Duplicate ID 'nic1' for device", "{r}");
+    let r =
+        q.cmd(&serde_json::json!({"execute": "query-rx-filter", "arguments": {"name": "nic1"}}));
+    assert_eq!(r["return"][0]["main-mac"], "52:54:00:12:34:f1", "{r}");
+    // A front-end attaches; device_del hangs up on it.
+    let mut fe = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    send(&fe, &netdevd_vhost::msg::Request::GetFeatures);
+    let mut reply = [0u8; 20];
+    fe.read_exact(&mut reply).unwrap();
+    let r = q.cmd(&serde_json::json!({"execute": "device_del", "arguments": {"id": "nic1"}}));
+    assert_eq!(r["return"], serde_json::json!({}), "{r}");
+    let ev = q
+        .read_message(Duration::from_secs(5), false)
+        .expect("DEVICE_DELETED");
+    assert_eq!(ev["event"], "DEVICE_DELETED", "{ev}");
+    assert_eq!(ev["data"]["device"], "nic1");
+    assert_eq!(ev["data"]["path"], "/machine/peripheral/nic1");
+    let mut b = [0u8; 1];
+    assert_eq!(
+        fe.read(&mut b).unwrap_or(0),
+        0,
+        "the front-end's connection is closed"
+    );
+    assert!(!sock.exists(), "the socket is removed");
+    let r = q.cmd(&serde_json::json!({"execute": "device_del", "arguments": {"id": "nic1"}}));
+    assert_eq!(r["error"]["class"], "DeviceNotFound", "{r}");
+    assert_eq!(r["error"]["desc"], "Device 'nic1' not found");
+    // The hubport it was peered with can take a new NIC.
+    let r = add(
+        &mut q,
+        serde_json::json!({"driver": "virtio-net-pci", "id": "nic2", "netdev": "h0", "socket": sock}),
+    );
+    assert_eq!(r["return"], serde_json::json!({}), "{r}");
+}

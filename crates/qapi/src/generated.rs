@@ -1109,6 +1109,66 @@ pub static COMMANDS: &[CommandDef] = &[
         allow_preconfig: false,
         allow_oob: false,
     },
+    CommandDef {
+        name: "device_add",
+        args: Args::Members(&[
+            Member {
+                name: "driver",
+                ty: Ty::Str,
+                optional: false,
+                unstable: false,
+            },
+            Member {
+                name: "id",
+                ty: Ty::Str,
+                optional: true,
+                unstable: false,
+            },
+            Member {
+                name: "bus",
+                ty: Ty::Str,
+                optional: true,
+                unstable: false,
+            },
+            Member {
+                name: "netdev",
+                ty: Ty::Str,
+                optional: true,
+                unstable: false,
+            },
+            Member {
+                name: "mac",
+                ty: Ty::Str,
+                optional: true,
+                unstable: false,
+            },
+            Member {
+                name: "vectors",
+                ty: Ty::Uint32,
+                optional: true,
+                unstable: false,
+            },
+            Member {
+                name: "socket",
+                ty: Ty::Str,
+                optional: false,
+                unstable: false,
+            },
+        ]),
+        allow_preconfig: false,
+        allow_oob: false,
+    },
+    CommandDef {
+        name: "device_del",
+        args: Args::Members(&[Member {
+            name: "id",
+            ty: Ty::Str,
+            optional: false,
+            unstable: false,
+        }]),
+        allow_preconfig: false,
+        allow_oob: false,
+    },
 ];
 
 /// Every event of the schema, in schema order.
@@ -1138,6 +1198,23 @@ pub static EVENTS: &[EventDef] = &[
             optional: false,
             unstable: false,
         }],
+    },
+    EventDef {
+        name: "DEVICE_DELETED",
+        data: &[
+            Member {
+                name: "device",
+                ty: Ty::Str,
+                optional: true,
+                unstable: false,
+            },
+            Member {
+                name: "path",
+                ty: Ty::Str,
+                optional: false,
+                unstable: false,
+            },
+        ],
     },
 ];
 
@@ -2265,6 +2342,33 @@ pub struct ClosefdArgs {
 }
 
 /// ```text
+/// Arguments of `device_add`.
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAddArgs {
+    pub driver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netdev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<u32>,
+    pub socket: String,
+}
+
+/// ```text
+/// Arguments of `device_del`.
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDelArgs {
+    pub id: String,
+}
+
+/// ```text
 /// Data of the event `NIC_RX_FILTER_CHANGED`.
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -2281,4 +2385,14 @@ pub struct NicRxFilterChangedEvent {
 pub struct FailoverNegotiatedEvent {
     #[serde(rename = "device-id")]
     pub device_id: String,
+}
+
+/// ```text
+/// Data of the event `DEVICE_DELETED`.
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDeletedEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub path: String,
 }

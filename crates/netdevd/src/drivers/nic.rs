@@ -64,6 +64,34 @@ pub fn parse(s: &str) -> Result<NicOptions, String> {
     Ok(o)
 }
 
+/// `device_add`'s arguments as NIC options (QEMU's virtio-net-pci property names).
+pub fn from_device_add(a: &netdevd_qapi::DeviceAddArgs) -> Result<NicOptions, QmpError> {
+    if !matches!(
+        a.driver.as_str(),
+        "virtio-net-pci" | "virtio-net-device" | "virtio-net"
+    ) {
+        return Err(err(format!(
+            "'{}' is not a valid device model name",
+            a.driver
+        )));
+    }
+    let macaddr = match &a.mac {
+        Some(m) => Some(m.parse().map_err(|_| {
+            err(format!(
+                "Property '{}.mac' doesn't take value '{m}'",
+                a.driver
+            ))
+        })?),
+        None => None,
+    };
+    Ok(NicOptions {
+        id: a.id.clone(),
+        netdev: a.netdev.clone(),
+        macaddr,
+        socket: PathBuf::from(&a.socket),
+    })
+}
+
 /// Create NIC number `index` (for the default name and MAC).
 pub fn add(reg: &mut Registry, o: &NicOptions, index: usize) -> Result<(), QmpError> {
     let name = o.id.clone().unwrap_or_else(|| format!("nic{index}"));
