@@ -705,3 +705,78 @@ fn dpdk_testpmd_round_trips_frames_of_every_size() {
         let _ = stdin.write_all(b"\n");
     }
 }
+
+/// QEMU 10.0 (`../shared/tools/qemu10-install.sh` puts it in /opt/qemu10, scripts/test runs
+/// it): a guest whose vhost-user NIC has MSI-X (which QEMU 7.2 under TCG cannot run) and a
+/// chardev with `reconnect-ms` (QEMU 9.2 and later) fetches through the user netdev, and
+/// picks up a restarted netdevd.
+#[test]
+fn qemu_10_with_msix_and_reconnect_ms() {
+    const QEMU10: &str = "/opt/qemu10/bin/qemu-system-x86_64";
+    if !std::path::Path::new(QEMU10).exists() {
+        println!("SKIPPED: no QEMU 10 at {QEMU10} (../shared/tools/qemu10-install.sh)");
+        return;
+    }
+    let dir = TempDir::new("vhu-q10");
+    let sock = dir.path("nic.sock");
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+        .collect();
+    std::fs::write(www.join("file"), &blob).unwrap();
+    let (_http, port) = common::http_server(&www);
+    let args = [
+        "--resolv-conf".to_string(),
+        resolv.to_str().unwrap().to_string(),
+        "--netdev".into(),
+        "user,id=u".into(),
+        "--nic".into(),
+        format!("id=nic0,netdev=u,socket={}", sock.display()),
+    ];
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nd = start_netdevd(&dir.path("n.sock"), &a);
+    let script = format!(
+        r#"#!/bin/sh
+printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 10 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
+wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
+echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
+n=0
+while [ $n -lt 600 ]; do
+  n=$((n+1))
+  if ping -c 1 -W 1 10.0.2.2 >/dev/null 2>&1; then echo "PING OK $n"; else echo "PING LOST $n"; fi
+done
+"#
+    );
+    let mut net = vhost_user_args(&sock, "52:54:00:12:34:10");
+    net[5] = format!("socket,id=c0,path={},reconnect-ms=500", sock.display());
+    // MSI-X on: no vectors=0.
+    net[9] = "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:10".into();
+    let mut g = Guest::boot_with_qemu(QEMU10, "g", &dir.0, &net, &script);
+    g.wait_for("LEASE 10.0.2.15", BOOT);
+    let md5 = g.wait_for("MD5 ", BOOT);
+    assert_eq!(
+        md5,
+        format!("MD5 {}", common::digest("md5sum", &www.join("file")))
+    );
+    g.wait_for("PING OK", BOOT);
+    nd.child.kill().unwrap();
+    nd.child.wait().unwrap();
+    let lost = g.wait_for("PING LOST", Duration::from_secs(30));
+    let n_lost: u32 = lost.rsplit(' ').next().unwrap().parse().unwrap();
+    let _nd2 = start_netdevd(&dir.path("n2.sock"), &a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = g.wait_for("PING OK", deadline - std::time::Instant::now());
+        let n: u32 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        if n > n_lost {
+            break;
+        }
+        g.seen.retain(|s| s != &l);
+    }
+}

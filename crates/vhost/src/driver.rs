@@ -161,6 +161,34 @@ impl Driver {
         self.publish(q, first)
     }
 
+    /// Write `bytes` into the shared memory at a fresh place; returns its address (for
+    /// [`Driver::offer_at`], which offers buffers again without copying them each time).
+    pub fn place(&mut self, bytes: &[u8]) -> u64 {
+        let at = self.alloc(bytes.len() as u64);
+        let _ = self.mem.write_slice(bytes, GuestAddress(at));
+        at
+    }
+
+    /// Offer a chain of buffers already in memory: (address, length, device-writable), in
+    /// table entries from `first` on. Returns the head.
+    pub fn offer_at(&mut self, q: usize, first: u16, parts: &[(u64, u32, bool)]) -> u16 {
+        let n = parts.len();
+        for (i, (addr, len, write)) in parts.iter().enumerate() {
+            let idx = (first as usize + i) % self.queue_size as usize;
+            let next = ((idx + 1) % self.queue_size as usize) as u16;
+            let flags = (if i + 1 < n { 1u16 } else { 0 }) | if *write { 2 } else { 0 };
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&next.to_le_bytes());
+            let _ = self
+                .mem
+                .write_slice(&d, GuestAddress(Self::desc(q) + 16 * idx as u64));
+        }
+        self.publish(q, first)
+    }
+
     /// Put `head` on queue `q`'s avail ring and bump its index.
     pub fn publish(&mut self, q: usize, head: u16) -> u16 {
         let slot = self.next_avail[q] % self.queue_size;

@@ -389,6 +389,17 @@ impl Guest {
 
     /// Boot the guest with `net_args` (its -netdev/-device options) running `script`.
     pub fn boot_with(name: &str, scratch: &Path, net_args: &[String], script: &str) -> Guest {
+        Self::boot_with_qemu("qemu-system-x86_64", name, scratch, net_args, script)
+    }
+
+    /// As [`Guest::boot_with`], under the QEMU binary `qemu`.
+    pub fn boot_with_qemu(
+        qemu: &str,
+        name: &str,
+        scratch: &Path,
+        net_args: &[String],
+        script: &str,
+    ) -> Guest {
         let g = guest_dir();
         let mut initrd = std::fs::read(g.join("initramfs.cpio.gz")).unwrap();
         // The kernel looks for an uncompressed archive only at a 4-byte boundary after the
@@ -399,7 +410,7 @@ impl Guest {
         initrd.extend(newc_archive(&[("test.sh", script.as_bytes(), 0o755)]));
         let initrd_path = scratch.join(format!("{name}.initrd"));
         std::fs::write(&initrd_path, initrd).unwrap();
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut child = Command::new(qemu)
             .args([
                 "-accel",
                 "tcg",
