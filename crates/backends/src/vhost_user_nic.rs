@@ -101,6 +101,11 @@ impl VhostUserNic {
 
     fn accept(&mut self) {
         while let Ok((s, _)) = self.listener.accept() {
+            // The current front-end may have hung up in the same loop turn: hear that first
+            // (a VMM that reconnects at once must not find its old connection in the way).
+            if self.conn.is_some() {
+                self.read_conn();
+            }
             if self.conn.is_some() {
                 tracing::warn!(
                     "vhost-user {}: a second front-end refused",
@@ -227,7 +232,7 @@ impl VhostUserNic {
             let _ = rustix::io::read(fd, &mut b);
         }
         self.dev.kicked(q);
-        if q == netdevd_vhost::device::RX && self.rx_blocked {
+        if q.is_multiple_of(2) && self.rx_blocked {
             self.rx_blocked = false;
             self.events.drained = true;
         }

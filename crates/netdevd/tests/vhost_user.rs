@@ -780,3 +780,60 @@ done
         g.seen.retain(|s| s != &l);
     }
 }
+
+/// Two queue pairs (`MQ`): a two-CPU guest under QEMU 7.2 (`queues=2`, `mq=on`) brings up
+/// both pairs, gets its lease and fetches 4 MiB intact.
+#[test]
+fn a_guest_with_two_queue_pairs() {
+    let dir = TempDir::new("vhu-mq");
+    let sock = dir.path("nic.sock");
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    std::fs::write(www.join("file"), &blob).unwrap();
+    let (_http, port) = common::http_server(&www);
+    let _nd = start_netdevd(
+        &dir.path("n.sock"),
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            "user,id=u",
+            "--nic",
+            &format!("id=nic0,netdev=u,socket={}", sock.display()),
+        ],
+    );
+    let script = format!(
+        r#"#!/bin/sh
+printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+echo "QUEUES $(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
+udhcpc -i eth0 -q -n -t 10 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
+wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
+echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
+echo "NETDEVD-TEST PASS"
+"#
+    );
+    let mut net = vhost_user_args(&sock, "52:54:00:12:34:20");
+    net[7] = "vhost-user,id=n0,chardev=c0,queues=2".into();
+    net[9] = "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:20,mq=on,vectors=0".into();
+    net.extend(["-smp".to_string(), "2".to_string()]);
+    let mut g = Guest::boot_with("g", &dir.0, &net, &script);
+    let q = g.wait_for("QUEUES ", BOOT);
+    assert!(
+        q.contains("rx-1") && q.contains("tx-1"),
+        "the guest has two queue pairs: {q}"
+    );
+    g.wait_for("LEASE 10.0.2.15", BOOT);
+    let md5 = g.wait_for("MD5 ", BOOT);
+    assert_eq!(
+        md5,
+        format!("MD5 {}", common::digest("md5sum", &www.join("file")))
+    );
+    g.wait_for("NETDEVD-TEST PASS", BOOT);
+}

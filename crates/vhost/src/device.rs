@@ -5,7 +5,9 @@
 //! are due. The fds (the socket, kick and call eventfds) are the caller's to watch and
 //! write; the device only holds them.
 //!
-//! One queue pair (receive queue 0, transmit queue 1). Features offered: `VERSION_1`,
+//! Up to [`MAX_QUEUE_PAIRS`] queue pairs (`MQ`; queue 2p receives, 2p+1 transmits): transmit
+//! queues are taken in turn, a received frame goes to one of the running receive queues by
+//! a hash of its flow. Features offered, besides `MQ`: `VERSION_1`,
 //! `MRG_RXBUF`, `CSUM`, `GUEST_CSUM`, `HOST_TSO4/6`, `GUEST_TSO4/6`, `RING_INDIRECT_DESC`,
 //! `RING_EVENT_IDX`, and the vhost-user protocol features `REPLY_ACK`, `RARP` (the VMM's
 //! `SEND_RARP` after a migration: the caller sends the announcement) and
@@ -73,12 +75,16 @@ pub const FEATURES: u64 = VERSION_1
     | GUEST_TSO6
     | RING_INDIRECT_DESC
     | RING_EVENT_IDX
+    | MQ
     | PROTOCOL_FEATURES;
 /// The vhost-user protocol features offered.
 pub const PROTOCOL_FEATURES_OFFERED: u64 =
-    protocol::REPLY_ACK | protocol::CONFIGURE_MEM_SLOTS | protocol::RARP;
-/// Queues: one receive and one transmit queue.
-pub const QUEUES: usize = 2;
+    protocol::MQ | protocol::REPLY_ACK | protocol::CONFIGURE_MEM_SLOTS | protocol::RARP;
+/// Queue pairs served (`MQ`): queue 2p receives, 2p+1 transmits.
+pub const MAX_QUEUE_PAIRS: usize = 4;
+/// Queues in all.
+pub const QUEUES: usize = 2 * MAX_QUEUE_PAIRS;
+/// The first pair's receive and transmit queues (the only ones without `MQ`).
 pub const RX: usize = 0;
 pub const TX: usize = 1;
 /// The largest ring (QEMU's virtio-net allows 1024).
@@ -214,7 +220,9 @@ pub struct NetDevice {
     protocol_acked: u64,
     owned: bool,
     mem: GuestMem,
-    vrings: [Vring; QUEUES],
+    vrings: Vec<Vring>,
+    /// The transmit queue pair looked at first next time (round robin).
+    next_tx: usize,
     /// Descriptor chains returned unused because they were malformed.
     pub bad_chains: u64,
     /// Frames from the guest too short to be Ethernet.
@@ -235,7 +243,8 @@ impl NetDevice {
             protocol_acked: 0,
             owned: false,
             mem: GuestMem::empty(),
-            vrings: [Vring::new(), Vring::new()],
+            vrings: (0..QUEUES).map(|_| Vring::new()).collect(),
+            next_tx: 0,
             bad_chains: 0,
             runts: 0,
             scratch: Vec::new(),
@@ -371,7 +380,9 @@ impl NetDevice {
             }
             Request::SetOwner => self.owned = true,
             Request::ResetOwner => self.reset(),
-            Request::GetQueueNum => out.reply = Some(msg::reply_u64(h.request, 1)),
+            Request::GetQueueNum => {
+                out.reply = Some(msg::reply_u64(h.request, MAX_QUEUE_PAIRS as u64))
+            }
             Request::GetMaxMemSlots => {
                 out.reply = Some(msg::reply_u64(h.request, MAX_MEM_SLOTS as u64))
             }
@@ -455,7 +466,20 @@ impl NetDevice {
     /// offload metadata (`Some(None)`: a plain frame), or `None` when the queue holds nothing
     /// more (the kick is re-armed).
     pub fn tx_pop(&mut self, data: &mut Vec<u8>) -> Option<Option<VirtioNetHdr>> {
-        if !self.running(TX) {
+        // The pairs in turn, from the one after the last frame's, so that no queue starves
+        // the others.
+        for i in 0..MAX_QUEUE_PAIRS {
+            let p = (self.next_tx + i) % MAX_QUEUE_PAIRS;
+            if let Some(o) = self.tx_pop_from(2 * p + 1, data) {
+                self.next_tx = p + 1;
+                return Some(o);
+            }
+        }
+        None
+    }
+
+    fn tx_pop_from(&mut self, q: usize, data: &mut Vec<u8>) -> Option<Option<VirtioNetHdr>> {
+        if !self.running(q) {
             return None;
         }
         let hdr_len = self.hdr_len();
@@ -464,7 +488,7 @@ impl NetDevice {
         // device here.
         for _ in 0..=u32::from(MAX_QUEUE_SIZE) {
             let mem = self.mem.mem();
-            let v = &mut self.vrings[TX];
+            let v = &mut self.vrings[q];
             let Some(chain) = v.queue.pop_descriptor_chain(mem) else {
                 // Empty: ask for a kick when more comes (event index or flags), and look once
                 // more in case some came meanwhile (once: a guest's bogus avail index makes
@@ -516,14 +540,20 @@ impl NetDevice {
     /// Put `data` (with `offload` when the guest takes offloads, else a plain header) into
     /// the guest's receive buffers.
     pub fn rx_push(&mut self, data: &[u8], offload: Option<VirtioNetHdr>) -> RxPush {
-        if !self.running(RX) {
+        // A flow keeps to one receive queue of those running (with one pair, queue 0).
+        let running: Vec<usize> = (0..MAX_QUEUE_PAIRS)
+            .map(|p| 2 * p)
+            .filter(|&q| self.running(q))
+            .collect();
+        if running.is_empty() {
             return RxPush::Dropped;
         }
+        let q = running[flow_hash(data) as usize % running.len()];
         let hdr_len = self.hdr_len();
         let mergeable = self.acked & MRG_RXBUF != 0;
         let total = hdr_len + data.len();
         let mem = self.mem.mem();
-        let v = &mut self.vrings[RX];
+        let v = &mut self.vrings[q];
         // The chains that take the frame: one, or with mergeable buffers as many as needed.
         let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
         let mut room = 0usize;
@@ -621,7 +651,7 @@ impl NetDevice {
     /// guest wants to hear of it), with the eventfd.
     pub fn notify(&mut self) -> Vec<BorrowedFd<'_>> {
         let mem = self.mem.mem();
-        let mut due = [false; QUEUES];
+        let mut due = vec![false; self.vrings.len()];
         for (q, v) in self.vrings.iter_mut().enumerate() {
             if v.used && v.queue.ready() {
                 v.used = false;
@@ -637,14 +667,31 @@ impl NetDevice {
             .collect()
     }
 
-    /// Whether the transmit queue has chains the device has not taken (read from the ring).
+    /// Whether a transmit queue has chains the device has not taken (read from the ring).
     pub fn tx_waiting(&self) -> bool {
-        let v = &self.vrings[TX];
-        self.running(TX)
-            && v.queue
-                .avail_idx(self.mem.mem(), Ordering::Acquire)
-                .is_ok_and(|i| i != Wrapping(v.queue.next_avail()))
+        (0..MAX_QUEUE_PAIRS).map(|p| 2 * p + 1).any(|q| {
+            let v = &self.vrings[q];
+            self.running(q)
+                && v.queue
+                    .avail_idx(self.mem.mem(), Ordering::Acquire)
+                    .is_ok_and(|i| i != Wrapping(v.queue.next_avail()))
+        })
     }
+}
+
+/// A hash of a frame's flow: IPv4 addresses and ports, IPv6 addresses, else the MACs (so
+/// one flow keeps to one receive queue and its order).
+fn flow_hash(f: &[u8]) -> u32 {
+    let key = match f.get(12..14) {
+        Some([0x08, 0x00]) => f.get(26..38).or_else(|| f.get(26..34)),
+        Some([0x86, 0xdd]) => f.get(22..54),
+        _ => None,
+    }
+    .or_else(|| f.get(..12))
+    .unwrap_or(&[]);
+    key.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Order the used-ring writes before reading the driver's event index (the full barrier
@@ -745,6 +792,51 @@ mod tests {
     }
 
     #[test]
+    fn several_queue_pairs_share_the_work() {
+        let mut d = Driver::new(8 << 20, 64).unwrap();
+        let mut dev = NetDevice::new();
+        for (h, r) in d.setup_pairs(FEATURES, 2).unwrap() {
+            dev.handle(&h, r);
+        }
+        assert!(dev.running(2) && dev.running(3) && !dev.running(4));
+        // Transmit: both pairs' queues are drained, in turn.
+        let f = |tag: u8| {
+            let mut f = vec![0u8; 60];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[26] = tag;
+            f
+        };
+        let hdr = [0u8; 12];
+        for i in 0..3u16 {
+            d.offer(TX, 2 * i, &[(&hdr[..], false), (&f(1)[..], false)]);
+            d.offer(3, 2 * i, &[(&hdr[..], false), (&f(2)[..], false)]);
+        }
+        let mut tags = Vec::new();
+        let mut out = Vec::new();
+        while dev.tx_pop(&mut out).is_some() {
+            tags.push(out[26]);
+        }
+        assert_eq!(tags, vec![1, 2, 1, 2, 1, 2], "round robin over the pairs");
+        // Receive: flows spread over the running receive queues, each flow to one.
+        for i in 0..32u16 {
+            d.offer(RX, i, &[(&[0u8; 2048][..], true)]);
+            d.offer(2, i, &[(&[0u8; 2048][..], true)]);
+        }
+        for tag in 0..16u8 {
+            for _ in 0..2 {
+                assert_eq!(dev.rx_push(&f(tag), None), RxPush::Taken);
+            }
+        }
+        let (q0, q2) = (d.take_used(RX).len(), d.take_used(2).len());
+        assert_eq!(q0 + q2, 32);
+        assert!(q0 > 0 && q2 > 0, "both queues used: {q0} and {q2}");
+        assert!(
+            q0 % 2 == 0 && q2 % 2 == 0,
+            "a flow's frames go to one queue"
+        );
+    }
+
+    #[test]
     fn messages_are_answered_and_bad_ones_refused() {
         let mut dev = NetDevice::new();
         let h = crate::driver::header(code::GET_FEATURES);
@@ -762,7 +854,13 @@ mod tests {
             .unwrap();
         assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), 1);
         let r = dev
-            .handle(&h, Request::SetVringNum { index: 7, num: 256 })
+            .handle(
+                &h,
+                Request::SetVringNum {
+                    index: QUEUES as u32,
+                    num: 256,
+                },
+            )
             .reply
             .unwrap();
         assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), 1);
@@ -772,7 +870,7 @@ mod tests {
             .unwrap();
         assert_eq!(u64::from_le_bytes(r[12..].try_into().unwrap()), 0);
         let h = crate::driver::header(code::SET_FEATURES);
-        dev.handle(&h, Request::SetFeatures(MQ));
+        dev.handle(&h, Request::SetFeatures(CTRL_VQ));
         assert_eq!(dev.features(), 0, "a feature never offered is refused");
     }
 }

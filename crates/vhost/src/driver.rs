@@ -2,7 +2,7 @@
 //! memfd: what a guest's virtio-net driver does, small enough for the device's unit tests,
 //! its fuzz target and benchmarks to drive [`crate::NetDevice`] without a VM. Memory layout:
 //! one region at guest address 0 (front-end user address the same), the rings of queue q at
-//! `q * RING_SPAN`, buffers from [`BUFFERS`] on.
+//! `q * RING_SPAN`, buffers from [`BUFFERS`] on (room for [`QUEUES`] queues' rings).
 
 use std::os::fd::OwnedFd;
 
@@ -12,8 +12,10 @@ use crate::msg::{Header, Region, Request, VringAddr, FLAG_VERSION};
 
 /// Room for each queue's rings (a 1024-entry ring needs 16 KiB + 2 KiB + 8 KiB).
 pub const RING_SPAN: u64 = 64 << 10;
+/// Queues the layout has room for.
+pub const QUEUES: usize = crate::device::QUEUES;
 /// Where buffers start.
-pub const BUFFERS: u64 = 4 * RING_SPAN;
+pub const BUFFERS: u64 = QUEUES as u64 * RING_SPAN;
 
 /// A header for a request (no reply wanted).
 pub fn header(request: u32) -> Header {
@@ -30,8 +32,8 @@ pub struct Driver {
     pub size: u64,
     fd: OwnedFd,
     pub queue_size: u16,
-    next_avail: [u16; 2],
-    last_used: [u16; 2],
+    next_avail: [u16; QUEUES],
+    last_used: [u16; QUEUES],
     /// Next free byte for buffers.
     bump: u64,
 }
@@ -58,8 +60,8 @@ impl Driver {
             size,
             fd,
             queue_size,
-            next_avail: [0; 2],
-            last_used: [0; 2],
+            next_avail: [0; QUEUES],
+            last_used: [0; QUEUES],
             bump: BUFFERS,
         })
     }
@@ -74,9 +76,18 @@ impl Driver {
         (self.avail(q) + 6 + 2 * u64::from(self.queue_size) + 3) & !3
     }
 
-    /// The messages that set the device up with `features`: memory, both rings, kicks
-    /// (none: the caller calls `kicked`), enabled.
+    /// The messages that set the device up with `features`: memory, the first pair's rings,
+    /// kicks (none: the caller calls `kicked`), enabled.
     pub fn setup(&self, features: u64) -> std::io::Result<Vec<(Header, Request)>> {
+        self.setup_pairs(features, 1)
+    }
+
+    /// As [`Driver::setup`], with `pairs` queue pairs.
+    pub fn setup_pairs(
+        &self,
+        features: u64,
+        pairs: usize,
+    ) -> std::io::Result<Vec<(Header, Request)>> {
         let region = Region {
             guest_phys_addr: 0,
             size: self.size,
@@ -91,7 +102,7 @@ impl Driver {
                 Request::SetMemTable(vec![(region, self.fd.try_clone()?)]),
             ),
         ];
-        for q in 0..2u32 {
+        for q in 0..(2 * pairs.min(QUEUES / 2)) as u32 {
             v.push((
                 header(SET_VRING_NUM),
                 Request::SetVringNum {

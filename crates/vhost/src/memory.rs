@@ -35,7 +35,10 @@ pub enum MemError {
 #[derive(Debug)]
 pub struct GuestMem {
     mem: GuestMemoryMmap,
-    regions: Vec<(Region, Arc<GuestRegionMmap>)>,
+    /// Each region with how many times it was added (`ADD_MEM_REG`): with several queue
+    /// pairs QEMU runs one vhost device per pair over one connection, and each adds the same
+    /// regions; a region goes when the last of them removes it.
+    regions: Vec<(Region, Arc<GuestRegionMmap>, usize)>,
 }
 
 fn map(r: &Region, fd: OwnedFd) -> Result<Arc<GuestRegionMmap>, MemError> {
@@ -69,16 +72,20 @@ impl GuestMem {
         }
         let mut regions = Vec::with_capacity(table.len());
         for (r, fd) in table {
-            regions.push((r, map(&r, fd)?));
+            regions.push((r, map(&r, fd)?, 1));
         }
         Self::build(regions)
     }
 
-    fn build(regions: Vec<(Region, Arc<GuestRegionMmap>)>) -> Result<GuestMem, MemError> {
+    fn build(regions: Vec<(Region, Arc<GuestRegionMmap>, usize)>) -> Result<GuestMem, MemError> {
         let mem =
-            GuestMemoryMmap::from_arc_regions(regions.iter().map(|(_, m)| m.clone()).collect())
+            GuestMemoryMmap::from_arc_regions(regions.iter().map(|(_, m, _)| m.clone()).collect())
                 .map_err(|e| MemError::Layout(e.to_string()))?;
         Ok(GuestMem { mem, regions })
+    }
+
+    fn same(a: &Region, b: &Region) -> bool {
+        a.guest_phys_addr == b.guest_phys_addr && a.size == b.size && a.user_addr == b.user_addr
     }
 
     /// No memory at all (before the first table, and after `REM_MEM_REG` of the last).
@@ -91,11 +98,16 @@ impl GuestMem {
 
     /// One more region (`ADD_MEM_REG`).
     pub fn add(&self, r: Region, fd: OwnedFd) -> Result<GuestMem, MemError> {
+        let mut regions = self.regions.clone();
+        if let Some(e) = regions.iter_mut().find(|(x, _, _)| Self::same(x, &r)) {
+            // The same region again (another queue pair's device): counted, not mapped twice.
+            e.2 += 1;
+            return Self::build(regions);
+        }
         if self.regions.len() >= MAX_MEM_SLOTS {
             return Err(MemError::TooMany);
         }
-        let mut regions = self.regions.clone();
-        regions.push((r, map(&r, fd)?));
+        regions.push((r, map(&r, fd)?, 1));
         Self::build(regions)
     }
 
@@ -104,8 +116,14 @@ impl GuestMem {
         let regions: Vec<_> = self
             .regions
             .iter()
-            .filter(|(x, _)| !(x.guest_phys_addr == r.guest_phys_addr && x.size == r.size))
             .cloned()
+            .filter_map(|(x, m, n)| {
+                if x.guest_phys_addr == r.guest_phys_addr && x.size == r.size {
+                    (n > 1).then_some((x, m, n - 1))
+                } else {
+                    Some((x, m, n))
+                }
+            })
             .collect();
         Self::build(regions).unwrap_or_else(|_| Self::empty())
     }
@@ -120,7 +138,7 @@ impl GuestMem {
 
     /// The guest-physical address of the front-end's user address `uva`.
     pub fn uva_to_gpa(&self, uva: u64) -> Option<u64> {
-        self.regions.iter().find_map(|(r, _)| {
+        self.regions.iter().find_map(|(r, _, _)| {
             let off = uva.checked_sub(r.user_addr)?;
             (off < r.size).then(|| r.guest_phys_addr + off)
         })
