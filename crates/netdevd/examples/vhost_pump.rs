@@ -62,13 +62,15 @@ fn main() {
         let s = UnixStream::connect(&a[1]).expect("connect");
         let qsize = 256u16;
         let mut d = netdevd_vhost::driver::Driver::new(256 << 20, qsize).expect("memory");
-        let kick = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-        let feats = FEATURES;
-        for (_, r) in d.setup(feats).unwrap() {
+        let kicks: Vec<_> = (0..2)
+            .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
+            .collect();
+        let kick = kicks[TX].try_clone().unwrap();
+        for (_, r) in d.setup(FEATURES).unwrap() {
             let r = match r {
                 Request::SetVringKick { index, .. } => Request::SetVringKick {
                     index,
-                    fd: Some(kick.try_clone().unwrap()),
+                    fd: Some(kicks[index as usize].try_clone().unwrap()),
                 },
                 r => r,
             };

@@ -278,13 +278,15 @@ fn a_thousand_front_ends_come_and_go_and_nothing_leaks() {
     );
     let pid = nd.child.id();
     let mut t = std::os::unix::net::UnixStream::connect(&tap).unwrap();
-    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let before = held(pid);
     let features = |s: &mut std::os::unix::net::UnixStream| -> u64 {
         send(s, &Request::GetFeatures);
         let mut r = [0u8; 20];
-        s.read_exact(&mut r).unwrap();
+        if let Err(e) = s.read_exact(&mut r) {
+            panic!("GET_FEATURES unanswered: {e}");
+        }
         assert_eq!(
             u32::from_le_bytes(r[..4].try_into().unwrap()),
             code::GET_FEATURES
@@ -294,7 +296,7 @@ fn a_thousand_front_ends_come_and_go_and_nothing_leaks() {
     let mut rarps = 0;
     for i in 0..1000 {
         let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let f = features(&mut s);
         assert!(f & (1 << 32) != 0, "VERSION_1 offered");
         match i % 10 {
@@ -489,44 +491,51 @@ fn set_link_on_a_vhost_user_nic_stops_frames_both_ways() {
     let mut rx_slot = 0u16;
     let mut tx_slot = 0u16;
     // One frame each way; returns (the guest got the hub's frame, the hub got the guest's).
-    let mut round =
-        |d: &mut netdevd_vhost::driver::Driver, t: &mut std::os::unix::net::UnixStream, tag: u8| {
-            d.offer(RX, rx_slot, &[(&[0u8; 2048][..], true)]);
-            rx_slot = (rx_slot + 1) % 256;
-            kick(RX);
-            let mut f = frame.clone();
-            f[20] = tag;
-            let mut m = (f.len() as u32).to_be_bytes().to_vec();
-            m.extend_from_slice(&f);
-            t.write_all(&m).unwrap();
-            let mut got_rx = false;
-            for _ in 0..20 {
-                std::thread::sleep(Duration::from_millis(25));
-                if !d.take_used(RX).is_empty() {
-                    got_rx = true;
-                    break;
-                }
+    // `expect`: whether frames should pass (they are waited for long, under load; their
+    // absence is waited for a second).
+    let mut round = |d: &mut netdevd_vhost::driver::Driver,
+                     t: &mut std::os::unix::net::UnixStream,
+                     tag: u8,
+                     expect: bool| {
+        let wait: u64 = if expect { 400 } else { 40 };
+        t.set_read_timeout(Some(Duration::from_millis(wait * 25)))
+            .unwrap();
+        d.offer(RX, rx_slot, &[(&[0u8; 2048][..], true)]);
+        rx_slot = (rx_slot + 1) % 256;
+        kick(RX);
+        let mut f = frame.clone();
+        f[20] = tag;
+        let mut m = (f.len() as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(&f);
+        t.write_all(&m).unwrap();
+        let mut got_rx = false;
+        for _ in 0..wait {
+            std::thread::sleep(Duration::from_millis(25));
+            if !d.take_used(RX).is_empty() {
+                got_rx = true;
+                break;
             }
-            let mut g = frame.clone();
-            g[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-            g[6..12].copy_from_slice(&mac);
-            g[20] = tag;
-            d.offer(TX, tx_slot, &[(&[0u8; 12][..], false), (&g[..], false)]);
-            tx_slot = (tx_slot + 2) % 256;
-            kick(TX);
-            let mut got_tx = false;
-            let mut len = [0u8; 4];
-            while t.read_exact(&mut len).is_ok() {
-                let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
-                t.read_exact(&mut b).unwrap();
-                if b.len() > 20 && b[6..12] == mac && b[20] == tag {
-                    got_tx = true;
-                    break;
-                }
+        }
+        let mut g = frame.clone();
+        g[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        g[6..12].copy_from_slice(&mac);
+        g[20] = tag;
+        d.offer(TX, tx_slot, &[(&[0u8; 12][..], false), (&g[..], false)]);
+        tx_slot = (tx_slot + 2) % 256;
+        kick(TX);
+        let mut got_tx = false;
+        let mut len = [0u8; 4];
+        while t.read_exact(&mut len).is_ok() {
+            let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+            t.read_exact(&mut b).unwrap();
+            if b.len() > 20 && b[6..12] == mac && b[20] == tag {
+                got_tx = true;
+                break;
             }
-            (got_rx, got_tx)
-        };
-    let r1 = round(&mut d, &mut t, 1);
+        }
+        (got_rx, got_tx)
+    };
+    let r1 = round(&mut d, &mut t, 1, true);
     let mut q = common::Qmp::negotiated(&qmp);
     let st = q.cmd(&serde_json::json!({"execute": "x-query-netdev-stats"}));
     assert_eq!(r1, (true, true), "link up; {st}");
@@ -538,9 +547,13 @@ fn set_link_on_a_vhost_user_nic_stops_frames_both_ways() {
         &serde_json::json!({"execute": "set_link", "arguments": {"name": "nic0", "up": false}}),
     );
     assert_eq!(r["return"], serde_json::json!({}), "{r}");
-    assert_eq!(round(&mut d, &mut t, 2), (false, false), "link down");
+    assert_eq!(round(&mut d, &mut t, 2, false), (false, false), "link down");
     q.cmd(&serde_json::json!({"execute": "set_link", "arguments": {"name": "nic0", "up": true}}));
-    assert_eq!(round(&mut d, &mut t, 3), (true, true), "link up again");
+    assert_eq!(
+        round(&mut d, &mut t, 3, true),
+        (true, true),
+        "link up again"
+    );
     drop(s);
 }
 

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 
 use netdevd_wire::VirtioNetHdr;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use crate::memory::{GuestMem, MAX_MEM_SLOTS};
 use crate::msg::{self, Header, Request};
@@ -227,7 +227,6 @@ pub struct NetDevice {
     pub bad_chains: u64,
     /// Frames from the guest too short to be Ethernet.
     pub runts: u64,
-    scratch: Vec<u8>,
 }
 
 impl Default for NetDevice {
@@ -247,7 +246,6 @@ impl NetDevice {
             next_tx: 0,
             bad_chains: 0,
             runts: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -500,19 +498,40 @@ impl NetDevice {
                 return None;
             };
             let head = chain.head_index();
-            self.scratch.clear();
+            // The header into a small buffer, the frame straight into `data`: one copy out
+            // of guest memory, nothing zeroed first.
+            let mut hdr = [0u8; 12];
+            let mut pos = 0usize;
+            data.clear();
             let mut ok = true;
             for d in chain {
                 let len = d.len() as usize;
-                if d.is_write_only() || self.scratch.len() + len > hdr_len + MAX_FRAME {
+                if d.is_write_only() || pos + len > hdr_len + MAX_FRAME {
                     ok = false;
                     break;
                 }
-                let at = self.scratch.len();
-                self.scratch.resize(at + len, 0);
-                if mem.read_slice(&mut self.scratch[at..], d.addr()).is_err() {
-                    ok = false;
-                    break;
+                let mut addr = d.addr();
+                let mut left = len;
+                if pos < hdr_len {
+                    let n = (hdr_len - pos).min(left);
+                    if mem.read_slice(&mut hdr[pos..pos + n], addr).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    pos += n;
+                    left -= n;
+                    let Some(a) = addr.checked_add(n as u64) else {
+                        ok = false;
+                        break;
+                    };
+                    addr = a;
+                }
+                if left > 0 {
+                    if mem.write_all_volatile_to(addr, data, left).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    pos += left;
                 }
             }
             // Used either way: a malformed chain goes back to the guest, unread.
@@ -522,16 +541,14 @@ impl NetDevice {
                 self.bad_chains += 1;
                 continue;
             }
-            let Some(hdr) = VirtioNetHdr::parse(&self.scratch) else {
-                self.runts += 1;
-                continue;
-            };
-            if self.scratch.len() < hdr_len + 14 {
+            if pos < hdr_len + 14 {
                 self.runts += 1;
                 continue;
             }
-            data.clear();
-            data.extend_from_slice(&self.scratch[hdr_len..]);
+            let Some(hdr) = VirtioNetHdr::parse(&hdr) else {
+                self.runts += 1;
+                continue;
+            };
             return Some(hdr.needs_work().then_some(hdr));
         }
         None
