@@ -1,5 +1,6 @@
-//! A NIC served over vhost-user: netdevd listens on a unix socket (server mode), a VMM
-//! (QEMU's `-netdev vhost-user`, DPDK's virtio_user) connects and drives the virtio-net
+//! A NIC served over vhost-user: netdevd listens on a unix socket (server mode) or connects
+//! to a VMM that listens (client mode, retried every [`RECONNECT`] until it is there and
+//! after it goes), and the VMM (QEMU's `-netdev vhost-user`, DPDK's virtio_user) drives the virtio-net
 //! device of `netdevd_vhost`; the guest's transmit queue is this client's source of frames,
 //! its receive queue where the core delivers. One front-end at a time: a second connection
 //! is closed at once. When the front-end goes away the device forgets everything (memory
@@ -29,9 +30,14 @@ const SUB_KICK: u32 = 2;
 /// Where the NIC's vhost-user socket is.
 #[derive(Debug, Clone)]
 pub struct NicConfig {
-    /// The socket netdevd listens on (created; removed when the NIC goes).
+    /// The socket: netdevd listens there (created; removed when the NIC goes), or with
+    /// `server: false` connects there.
     pub path: PathBuf,
+    pub server: bool,
 }
+
+/// How often a client-mode NIC tries to reach its VMM.
+pub const RECONNECT: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Conn {
     stream: UnixStream,
@@ -45,8 +51,11 @@ struct Conn {
 /// The NIC's host side.
 pub struct VhostUserNic {
     reg: Registration,
-    listener: UnixListener,
+    /// Server mode's listening socket; `None` in client mode.
+    listener: Option<UnixListener>,
     path: PathBuf,
+    /// Client mode: when to try to connect next (none while connected).
+    retry_at: Option<std::time::Instant>,
     conn: Option<Conn>,
     dev: NetDevice,
     events: Events,
@@ -63,6 +72,12 @@ pub struct VhostUserNic {
 
 impl VhostUserNic {
     pub fn new(reg: Registration, cfg: NicConfig) -> Result<Self, BackendError> {
+        if !cfg.server {
+            let mut nic = Self::with(reg, None, cfg.path);
+            nic.retry_at = Some(std::time::Instant::now());
+            nic.connect();
+            return Ok(nic);
+        }
         // A socket file left by an earlier netdevd (killed, not stopped) is replaced, as
         // QEMU's server sockets do: a VMM waiting to reconnect finds the new one.
         if std::fs::symlink_metadata(&cfg.path)
@@ -81,10 +96,15 @@ impl VhostUserNic {
             let _ = std::fs::remove_file(&cfg.path);
             return Err(BackendError::Msg(e.to_string()));
         }
-        Ok(VhostUserNic {
+        Ok(Self::with(reg, Some(listener), cfg.path))
+    }
+
+    fn with(reg: Registration, listener: Option<UnixListener>, path: PathBuf) -> Self {
+        VhostUserNic {
             reg,
             listener,
-            path: cfg.path,
+            path,
+            retry_at: None,
             conn: None,
             dev: NetDevice::new(),
             events: Events {
@@ -96,11 +116,39 @@ impl VhostUserNic {
             rx_blocked: false,
             own: std::collections::VecDeque::new(),
             bad_messages: 0,
-        })
+        }
+    }
+
+    /// Client mode: try to reach the VMM now; on failure try again in [`RECONNECT`].
+    fn connect(&mut self) {
+        if self.conn.is_some() {
+            return;
+        }
+        match UnixStream::connect(&self.path) {
+            Ok(s)
+                if s.set_nonblocking(true).is_ok()
+                    && self.reg.add(s.as_fd(), SUB_CONN, Interest::READ).is_ok() =>
+            {
+                tracing::info!(
+                    "vhost-user {}: connected to the front-end",
+                    self.path.display()
+                );
+                self.retry_at = None;
+                self.conn = Some(Conn {
+                    stream: s,
+                    inbuf: Vec::new(),
+                    fds: Vec::new(),
+                });
+            }
+            _ => self.retry_at = Some(std::time::Instant::now() + RECONNECT),
+        }
     }
 
     fn accept(&mut self) {
-        while let Ok((s, _)) = self.listener.accept() {
+        loop {
+            let Some(Ok((s, _))) = self.listener.as_ref().map(|l| l.accept()) else {
+                return;
+            };
             // The current front-end may have hung up in the same loop turn: hear that first
             // (a VMM that reconnects at once must not find its old connection in the way).
             if self.conn.is_some() {
@@ -131,6 +179,9 @@ impl VhostUserNic {
         if let Some(c) = self.conn.take() {
             self.reg.remove(c.stream.as_fd());
             tracing::info!("vhost-user {}: front-end gone", self.path.display());
+            if self.listener.is_none() {
+                self.retry_at = Some(std::time::Instant::now() + RECONNECT);
+            }
         }
         for q in 0..netdevd_vhost::device::QUEUES {
             if let Some(fd) = self.dev.kick_fd(q) {
@@ -258,8 +309,11 @@ impl Endpoint for VhostUserNic {
 
     fn close(&mut self) {
         self.disconnect();
-        self.reg.remove(self.listener.as_fd());
-        let _ = std::fs::remove_file(&self.path);
+        self.retry_at = None;
+        if let Some(l) = self.listener.take() {
+            self.reg.remove(l.as_fd());
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 
     fn accepts_offloads(&self) -> bool {
@@ -315,11 +369,28 @@ impl Backend for VhostUserNic {
     }
 
     fn info(&self) -> String {
-        format!("vhost-user server on unix:{}", self.path.display())
+        let mode = if self.listener.is_some() {
+            "server on"
+        } else {
+            "client of"
+        };
+        format!("vhost-user {mode} unix:{}", self.path.display())
     }
 
     fn listen_addr(&self) -> Option<String> {
-        Some(format!("unix:{}", self.path.display()))
+        self.listener
+            .as_ref()
+            .map(|_| format!("unix:{}", self.path.display()))
+    }
+
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.retry_at
+    }
+
+    fn timers(&mut self, now: std::time::Instant) {
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.connect();
+        }
     }
 
     fn drops(&self) -> Vec<(&'static str, u64)> {
@@ -336,6 +407,9 @@ impl Backend for VhostUserNic {
 
 impl Drop for VhostUserNic {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket netdevd made is removed (client mode's is the VMM's).
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }

@@ -58,8 +58,8 @@ usage: netdevd [--qmp ADDR]... [--netdev OPTS]... [--pidfile PATH] [--daemonize]
                    or JSON ({\"type\":\"hubport\",\"id\":\"h0\",\"hubid\":0}) (repeatable);
                    --netdev help lists the types
   --nic OPTS       serve a virtio-net NIC over vhost-user:
-                   id=NAME,netdev=ID,socket=PATH[,macaddr=MAC][,model=virtio]
-                   (netdevd listens on PATH; a VMM connects with -netdev vhost-user)
+                   id=NAME,netdev=ID,socket=PATH[,macaddr=MAC][,model=virtio][,server=off]
+                   (netdevd listens on PATH, or with server=off connects to a VMM there)
   --pidfile PATH   write the daemon's pid to PATH
   --resolv-conf PATH  where user netdevs find their upstream DNS resolvers
                    (default /etc/resolv.conf)

@@ -850,3 +850,51 @@ echo "NETDEVD-TEST PASS"
     );
     g.wait_for("NETDEVD-TEST PASS", BOOT);
 }
+
+/// Client mode (`server=off`): the VMM listens (`-chardev socket,server=on,wait=off`) and
+/// netdevd, started first, keeps trying until it can connect; the guest gets its lease and
+/// fetches 1 MiB intact.
+#[test]
+fn client_mode_connects_to_a_listening_vmm() {
+    let dir = TempDir::new("vhu-client");
+    let sock = dir.path("vmm.sock");
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(&resolv, "").unwrap();
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(69069) >> 5) as u8)
+        .collect();
+    std::fs::write(www.join("file"), &blob).unwrap();
+    let (_http, port) = common::http_server(&www);
+    let _nd = start_netdevd(
+        &dir.path("n.sock"),
+        &[
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--netdev",
+            "user,id=u",
+            "--nic",
+            &format!("id=nic0,netdev=u,server=off,socket={}", sock.display()),
+        ],
+    );
+    let script = format!(
+        r#"#!/bin/sh
+printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 15 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
+wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
+echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
+"#
+    );
+    let mut net = vhost_user_args(&sock, "52:54:00:12:34:30");
+    net[5] = format!("socket,id=c0,path={},server=on,wait=off", sock.display());
+    let mut g = Guest::boot_with("g", &dir.0, &net, &script);
+    g.wait_for("LEASE 10.0.2.15", BOOT);
+    let md5 = g.wait_for("MD5 ", BOOT);
+    assert_eq!(
+        md5,
+        format!("MD5 {}", common::digest("md5sum", &www.join("file")))
+    );
+}

@@ -1154,6 +1154,12 @@ pub static COMMANDS: &[CommandDef] = &[
                 optional: false,
                 unstable: false,
             },
+            Member {
+                name: "server",
+                ty: Ty::Bool,
+                optional: true,
+                unstable: false,
+            },
         ]),
         allow_preconfig: false,
         allow_oob: false,
@@ -2358,6 +2364,8 @@ pub struct DeviceAddArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vectors: Option<u32>,
     pub socket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<bool>,
 }
 
 /// ```text

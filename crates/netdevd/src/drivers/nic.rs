@@ -7,7 +7,8 @@
 //! default `nicN`), `netdev` (the netdev it is attached to), `macaddr` (default QEMU's
 //! 52:54:00:12:34:56 plus the NIC's index), `model` (`virtio` or `virtio-net-pci`, the only
 //! model), `vectors` (accepted: interrupts are the VMM's), and `socket=PATH`, where netdevd
-//! listens (server mode) for the VMM's `-chardev socket,path=PATH` + `-netdev vhost-user`.
+//! listens (server mode) for the VMM's `-chardev socket,path=PATH` + `-netdev vhost-user`,
+//! or with `server=off` connects to a VMM listening there (retried every second).
 
 use std::path::PathBuf;
 
@@ -26,6 +27,8 @@ pub struct NicOptions {
     pub netdev: Option<String>,
     pub macaddr: Option<MacAddr>,
     pub socket: PathBuf,
+    /// netdevd listens on the socket (`server=on`, the default) or connects to it.
+    pub server: bool,
 }
 
 /// Parse `--nic` keys.
@@ -35,6 +38,7 @@ pub fn parse(s: &str) -> Result<NicOptions, String> {
         netdev: None,
         macaddr: None,
         socket: PathBuf::new(),
+        server: true,
     };
     let mut socket = None;
     for kv in s.split(',').filter(|p| !p.is_empty()) {
@@ -57,6 +61,13 @@ pub fn parse(s: &str) -> Result<NicOptions, String> {
                     .map_err(|_| "Parameter 'vectors' expects uint32".to_string())?;
             }
             "socket" => socket = Some(PathBuf::from(v)),
+            "server" => {
+                o.server = match v {
+                    "on" | "yes" | "true" => true,
+                    "off" | "no" | "false" => false,
+                    _ => return Err("Parameter 'server' expects 'on' or 'off'".to_string()),
+                }
+            }
             _ => return Err(format!("Invalid parameter '{k}'")),
         }
     }
@@ -89,6 +100,7 @@ pub fn from_device_add(a: &netdevd_qapi::DeviceAddArgs) -> Result<NicOptions, Qm
         netdev: a.netdev.clone(),
         macaddr,
         socket: PathBuf::from(&a.socket),
+        server: a.server.unwrap_or(true),
     })
 }
 
@@ -107,6 +119,7 @@ pub fn add(reg: &mut Registry, o: &NicOptions, index: usize) -> Result<(), QmpEr
     let nic = Nic::new(mac, format!("/machine/peripheral/{name}/virtio-backend"));
     let cfg = NicConfig {
         path: o.socket.clone(),
+        server: o.server,
     };
     reg.add_nic(
         name.as_str(),
