@@ -1,4 +1,5 @@
-//! Host-side netdev drivers. Each backend is a client of the core (it implements
+//! Host-side netdev drivers, and the transport of NICs (`vhost_user_nic`: a VMM's virtio-net
+//! device over vhost-user). Each backend is a client of the core (it implements
 //! [`netdevd_core::net::Endpoint`], the receive side) plus the fds it owns, which it
 //! registers itself on the shared [`Reactor`] under the token range it was given.
 //!
