@@ -107,7 +107,13 @@ struct Vring {
     used: bool,
     /// The used index at the last notification check (`RING_EVENT_IDX`'s "old").
     signalled: Wrapping<u16>,
+    /// Transmit chains taken and not yet published as used: published together (one used
+    /// index update) at the notification check, or every [`USED_BATCH`].
+    pending: Vec<(u16, u32)>,
 }
+
+/// Transmitted chains published as used at once, at most.
+pub const USED_BATCH: usize = 64;
 
 impl Vring {
     fn new() -> Vring {
@@ -120,6 +126,17 @@ impl Vring {
             started: false,
             used: false,
             signalled: Wrapping(0),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Publish the pending used chains.
+    fn publish(&mut self, mem: &GuestMemoryMmap) {
+        if !self.pending.is_empty() {
+            let p = std::mem::take(&mut self.pending);
+            self.add_used_batch(mem, &p);
+            self.pending = p;
+            self.pending.clear();
         }
     }
 
@@ -418,7 +435,13 @@ impl NetDevice {
                 v.queue.set_next_used(num as u16);
             }
             Request::GetVringBase { index } => {
-                let v = self.vring(index)?;
+                let mem = self.mem.mem();
+                let v = self
+                    .vrings
+                    .get_mut(index as usize)
+                    .ok_or(DeviceError::Queue(index))?;
+                // What was taken is handed back before the ring stops.
+                v.publish(mem);
                 let base = v.queue.next_avail();
                 // The ring stops; it starts again at its next kick.
                 v.started = false;
@@ -535,8 +558,10 @@ impl NetDevice {
                 }
             }
             // Used either way: a malformed chain goes back to the guest, unread.
-            let _ = v.queue.add_used(mem, head, 0);
-            v.used = true;
+            v.pending.push((head, 0));
+            if v.pending.len() >= USED_BATCH {
+                v.publish(mem);
+            }
             if !ok {
                 self.bad_chains += 1;
                 continue;
@@ -670,6 +695,7 @@ impl NetDevice {
         let mem = self.mem.mem();
         let mut due = vec![false; self.vrings.len()];
         for (q, v) in self.vrings.iter_mut().enumerate() {
+            v.publish(mem);
             if v.used && v.queue.ready() {
                 v.used = false;
                 fence_acquire();
@@ -756,6 +782,7 @@ mod tests {
         let off = dev.tx_pop(&mut out).expect("a frame");
         assert_eq!(out, frame);
         assert_eq!(off.map(|h| (h.flags, h.csum_start)), Some((1, 34)));
+        let _ = dev.notify();
         assert_eq!(d.take_used(TX), vec![(0, 0)]);
         assert!(dev.tx_pop(&mut out).is_none());
         // A device-writable descriptor in a transmit chain; a runt; then a good frame.
@@ -765,6 +792,7 @@ mod tests {
         assert_eq!(dev.tx_pop(&mut out), Some(None));
         assert_eq!(out, &frame[..60]);
         assert_eq!((dev.bad_chains, dev.runts), (1, 1));
+        let _ = dev.notify();
         assert_eq!(
             d.take_used(TX).len(),
             3,
