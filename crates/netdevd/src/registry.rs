@@ -75,23 +75,7 @@ impl Registry {
         model: &'static str,
         make: impl FnOnce(Registration) -> Result<B, BackendError>,
     ) -> Result<(), QmpError> {
-        self.net.check_new(name, true, None).map_err(net_error)?;
-        let (idx, gen, reg) = self.next_slot();
-        let backend: SharedBackend = Rc::new(RefCell::new(
-            make(reg).map_err(|e| QmpError::generic(e.to_string()))?,
-        ));
-        let id = self
-            .net
-            .add(NewClient {
-                name: name.to_string(),
-                model,
-                role: Role::Backend(Box::new(BackendEndpoint(backend.clone()))),
-                is_netdev: true,
-                peer: None,
-            })
-            .map_err(net_error)?;
-        self.install(idx, gen, id, name, backend);
-        Ok(())
+        self.add_client(name, model, true, None, make, Role::Backend)
     }
 
     /// Create a NIC named `name` (not a netdev: `peer` names the netdev it is attached to,
@@ -105,7 +89,26 @@ impl Registry {
         peer: Option<&str>,
         make: impl FnOnce(Registration) -> Result<B, BackendError>,
     ) -> Result<(), QmpError> {
-        self.net.check_new(name, false, peer).map_err(net_error)?;
+        self.add_client(name, model, false, peer, make, |guest| Role::Nic {
+            nic: Box::new(nic),
+            guest,
+        })
+    }
+
+    /// A client whose endpoint is a backend in a slot of its own (a netdev, or a NIC peered
+    /// with `peer`); `role` wraps the endpoint.
+    fn add_client<B: Backend + 'static>(
+        &mut self,
+        name: &str,
+        model: &'static str,
+        is_netdev: bool,
+        peer: Option<&str>,
+        make: impl FnOnce(Registration) -> Result<B, BackendError>,
+        role: impl FnOnce(Box<dyn netdevd_core::net::Endpoint>) -> Role,
+    ) -> Result<(), QmpError> {
+        self.net
+            .check_new(name, is_netdev, peer)
+            .map_err(net_error)?;
         let (idx, gen, reg) = self.next_slot();
         let backend: SharedBackend = Rc::new(RefCell::new(
             make(reg).map_err(|e| QmpError::generic(e.to_string()))?,
@@ -115,11 +118,8 @@ impl Registry {
             .add(NewClient {
                 name: name.to_string(),
                 model,
-                role: Role::Nic {
-                    nic: Box::new(nic),
-                    guest: Box::new(BackendEndpoint(backend.clone())),
-                },
-                is_netdev: false,
+                role: role(Box::new(BackendEndpoint(backend.clone()))),
+                is_netdev,
                 peer: peer.map(str::to_owned),
             })
             .map_err(net_error)?;
