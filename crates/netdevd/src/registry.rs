@@ -227,6 +227,14 @@ impl Registry {
         for _ in 0..4 {
             self.drained = false;
             let mut more = false;
+            // Every backend's link changes first: a frame pumped from one backend must find
+            // the link another reported in this same turn (a NIC whose rings just came up).
+            for idx in 0..self.backends.len() {
+                if let Some(Some(slot)) = self.backends.get(idx) {
+                    let (id, b) = (slot.id, slot.backend.clone());
+                    self.apply_events(id, &b);
+                }
+            }
             for idx in 0..self.backends.len() {
                 more |= self.pump(idx);
             }
