@@ -30,6 +30,49 @@ fn vhost_user_args(sock: &std::path::Path, mac: &str) -> Vec<String> {
     .collect()
 }
 
+/// A file of `mib` MiB of varied bytes served over HTTP on the host's loopback: the server,
+/// its port, the file's path.
+fn serve_file(dir: &TempDir, mib: u32) -> (common::Proc, u16, std::path::PathBuf) {
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..(mib << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(www.join("file"), &blob).unwrap();
+    let (http, port) = common::http_server(&www);
+    (http, port, www.join("file"))
+}
+
+/// The start of a guest script that can take a DHCP lease: `udhcpc -s /tmp/dhcp.sh` applies
+/// it and prints `LEASE <ip>`.
+const DHCP_SCRIPT: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
+chmod +x /tmp/dhcp.sh
+"#;
+
+/// Kill netdevd `nd` under guest `g` (which prints `PING OK n` / `PING LOST n`), start
+/// another with `args`, and wait until the guest's pings come back; returns the new one.
+fn restart_under(
+    g: &mut Guest,
+    nd: &mut common::Proc,
+    qmp: &std::path::Path,
+    args: &[&str],
+) -> common::Proc {
+    nd.child.kill().unwrap();
+    nd.child.wait().unwrap();
+    let lost = g.wait_for("PING LOST", Duration::from_secs(30));
+    let n_lost: u32 = lost.rsplit(' ').next().unwrap().parse().unwrap();
+    let nd2 = start_netdevd(qmp, args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = g.wait_for("PING OK", deadline - std::time::Instant::now());
+        let n: u32 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        if n > n_lost {
+            return nd2;
+        }
+        g.seen.retain(|s| s != &l);
+    }
+}
+
 /// A guest on a vhost-user NIC peered with the user netdev: DHCP lease from netdevd, then
 /// 16 MiB from an HTTP server on the host's loopback, intact.
 #[test]
@@ -404,21 +447,8 @@ done
     let mut g = Guest::boot_with("g", &dir.0, &net, script);
     g.wait_for("PING OK", BOOT);
     // Kill netdevd (no clean shutdown) and start another on the same socket.
-    nd.child.kill().unwrap();
-    nd.child.wait().unwrap();
-    let lost = g.wait_for("PING LOST", Duration::from_secs(30));
-    let n_lost: u32 = lost.rsplit(' ').next().unwrap().parse().unwrap();
-    let nd2 = start_netdevd(&dir.path("n2.sock"), &a);
     // Pings come back after the restart.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let l = g.wait_for("PING OK", deadline - std::time::Instant::now());
-        let n: u32 = l.rsplit(' ').next().unwrap().parse().unwrap();
-        if n > n_lost {
-            break;
-        }
-        g.seen.retain(|s| s != &l);
-    }
+    let nd2 = restart_under(&mut g, &mut nd, &dir.path("n2.sock"), &a);
     // The guest killed mid-traffic: netdevd lets go of everything it held for it (as much
     // as a netdevd of the same options that never had a guest holds).
     drop(g);
@@ -744,13 +774,7 @@ fn qemu_10_with_msix_and_reconnect_ms() {
     let sock = dir.path("nic.sock");
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, "").unwrap();
-    let www = dir.path("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let blob: Vec<u8> = (0..(4u32 << 20))
-        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
-        .collect();
-    std::fs::write(www.join("file"), &blob).unwrap();
-    let (_http, port) = common::http_server(&www);
+    let (_http, port, file) = serve_file(&dir, 4);
     let args = [
         "--resolv-conf".to_string(),
         resolv.to_str().unwrap().to_string(),
@@ -763,9 +787,7 @@ fn qemu_10_with_msix_and_reconnect_ms() {
     let mut nd = start_netdevd(&dir.path("n.sock"), &a);
     let script = format!(
         r#"#!/bin/sh
-printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
-chmod +x /tmp/dhcp.sh
-ip link set eth0 up
+{DHCP_SCRIPT}ip link set eth0 up
 udhcpc -i eth0 -q -n -t 10 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
 wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
 echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
@@ -783,25 +805,9 @@ done
     let mut g = Guest::boot_with_qemu(QEMU10, "g", &dir.0, &net, &script);
     g.wait_for("LEASE 10.0.2.15", BOOT);
     let md5 = g.wait_for("MD5 ", BOOT);
-    assert_eq!(
-        md5,
-        format!("MD5 {}", common::digest("md5sum", &www.join("file")))
-    );
+    assert_eq!(md5, format!("MD5 {}", common::digest("md5sum", &file)));
     g.wait_for("PING OK", BOOT);
-    nd.child.kill().unwrap();
-    nd.child.wait().unwrap();
-    let lost = g.wait_for("PING LOST", Duration::from_secs(30));
-    let n_lost: u32 = lost.rsplit(' ').next().unwrap().parse().unwrap();
-    let _nd2 = start_netdevd(&dir.path("n2.sock"), &a);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let l = g.wait_for("PING OK", deadline - std::time::Instant::now());
-        let n: u32 = l.rsplit(' ').next().unwrap().parse().unwrap();
-        if n > n_lost {
-            break;
-        }
-        g.seen.retain(|s| s != &l);
-    }
+    let _nd2 = restart_under(&mut g, &mut nd, &dir.path("n2.sock"), &a);
 }
 
 /// Two queue pairs (`MQ`): a two-CPU guest under QEMU 7.2 (`queues=2`, `mq=on`) brings up
@@ -812,13 +818,7 @@ fn a_guest_with_two_queue_pairs() {
     let sock = dir.path("nic.sock");
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, "").unwrap();
-    let www = dir.path("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let blob: Vec<u8> = (0..(4u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
-    std::fs::write(www.join("file"), &blob).unwrap();
-    let (_http, port) = common::http_server(&www);
+    let (_http, port, file) = serve_file(&dir, 4);
     let _nd = start_netdevd(
         &dir.path("n.sock"),
         &[
@@ -832,9 +832,7 @@ fn a_guest_with_two_queue_pairs() {
     );
     let script = format!(
         r#"#!/bin/sh
-printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
-chmod +x /tmp/dhcp.sh
-ip link set eth0 up
+{DHCP_SCRIPT}ip link set eth0 up
 echo "QUEUES $(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
 udhcpc -i eth0 -q -n -t 10 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
 wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
@@ -854,10 +852,7 @@ echo "NETDEVD-TEST PASS"
     );
     g.wait_for("LEASE 10.0.2.15", BOOT);
     let md5 = g.wait_for("MD5 ", BOOT);
-    assert_eq!(
-        md5,
-        format!("MD5 {}", common::digest("md5sum", &www.join("file")))
-    );
+    assert_eq!(md5, format!("MD5 {}", common::digest("md5sum", &file)));
     g.wait_for("NETDEVD-TEST PASS", BOOT);
 }
 
@@ -870,13 +865,7 @@ fn client_mode_connects_to_a_listening_vmm() {
     let sock = dir.path("vmm.sock");
     let resolv = dir.path("resolv.conf");
     std::fs::write(&resolv, "").unwrap();
-    let www = dir.path("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let blob: Vec<u8> = (0..(1u32 << 20))
-        .map(|i| (i.wrapping_mul(69069) >> 5) as u8)
-        .collect();
-    std::fs::write(www.join("file"), &blob).unwrap();
-    let (_http, port) = common::http_server(&www);
+    let (_http, port, file) = serve_file(&dir, 1);
     let _nd = start_netdevd(
         &dir.path("n.sock"),
         &[
@@ -890,9 +879,7 @@ fn client_mode_connects_to_a_listening_vmm() {
     );
     let script = format!(
         r#"#!/bin/sh
-printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$subnet dev $interface\nip route add default via $router\necho "LEASE $ip"\n' > /tmp/dhcp.sh
-chmod +x /tmp/dhcp.sh
-ip link set eth0 up
+{DHCP_SCRIPT}ip link set eth0 up
 udhcpc -i eth0 -q -n -t 15 -T 2 -s /tmp/dhcp.sh || {{ echo "NETDEVD-TEST FAIL dhcp"; exit 1; }}
 wget -q -O /tmp/f http://10.0.2.2:{port}/file || {{ echo "NETDEVD-TEST FAIL wget"; exit 1; }}
 echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
@@ -903,8 +890,5 @@ echo "MD5 $(md5sum /tmp/f | cut -d' ' -f1)"
     let mut g = Guest::boot_with("g", &dir.0, &net, &script);
     g.wait_for("LEASE 10.0.2.15", BOOT);
     let md5 = g.wait_for("MD5 ", BOOT);
-    assert_eq!(
-        md5,
-        format!("MD5 {}", common::digest("md5sum", &www.join("file")))
-    );
+    assert_eq!(md5, format!("MD5 {}", common::digest("md5sum", &file)));
 }
