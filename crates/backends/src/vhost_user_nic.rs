@@ -68,6 +68,8 @@ pub struct VhostUserNic {
     own: std::collections::VecDeque<Vec<u8>>,
     /// Messages that could not be parsed (the connection was closed for each).
     pub bad_messages: u64,
+    /// Frames toward the guest longer than the MTU the VMM set.
+    pub over_mtu: u64,
 }
 
 impl VhostUserNic {
@@ -116,6 +118,7 @@ impl VhostUserNic {
             rx_blocked: false,
             own: std::collections::VecDeque::new(),
             bad_messages: 0,
+            over_mtu: 0,
         }
     }
 
@@ -255,7 +258,11 @@ impl VhostUserNic {
                 }
             };
             tracing::debug!(request = h.request, "vhost-user message");
+            let mtu = self.dev.mtu();
             let out = self.dev.handle(&h, req);
+            if let Some(m) = self.dev.mtu().filter(|m| Some(*m) != mtu) {
+                tracing::info!("vhost-user {}: MTU {m} (from the VMM)", self.path.display());
+            }
             if let Some(q) = out.kick_changed {
                 if let Some(fd) = self.dev.kick_fd(q) {
                     let _ = self.reg.add(fd, SUB_KICK + q as u32, Interest::READ);
@@ -304,6 +311,10 @@ impl Endpoint for VhostUserNic {
                 Rx::Busy
             }
             RxPush::Dropped => Rx::Dropped,
+            RxPush::OverMtu => {
+                self.over_mtu += 1;
+                Rx::Dropped
+            }
         }
     }
 
@@ -398,6 +409,7 @@ impl Backend for VhostUserNic {
             ("bad-chain", self.dev.bad_chains),
             ("runt", self.dev.runts),
             ("bad-message", self.bad_messages),
+            ("over-mtu", self.over_mtu),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

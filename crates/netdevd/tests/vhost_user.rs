@@ -13,6 +13,11 @@ const BOOT: Duration = Duration::from_secs(180);
 
 /// QEMU's options for a vhost-user virtio-net NIC on `sock`, guest memory shared.
 fn vhost_user_args(sock: &std::path::Path, mac: &str) -> Vec<String> {
+    vhost_user_args_with(sock, mac, "")
+}
+
+/// [`vhost_user_args`] with more `virtio-net-pci` properties (`,host_mtu=1400`).
+fn vhost_user_args_with(sock: &std::path::Path, mac: &str, props: &str) -> Vec<String> {
     [
         "-object",
         "memory-backend-memfd,id=mem,size=256M,share=on",
@@ -23,7 +28,7 @@ fn vhost_user_args(sock: &std::path::Path, mac: &str) -> Vec<String> {
         "-netdev",
         "vhost-user,id=n0,chardev=c0",
         "-device",
-        &format!("virtio-net-pci,netdev=n0,mac={mac},vectors=0"),
+        &format!("virtio-net-pci,netdev=n0,mac={mac},vectors=0{props}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -139,10 +144,12 @@ echo "NETDEVD-TEST PASS"
 
 /// Two guests, each on a vhost-user NIC, on one hub: they ping each other and copy a file;
 /// `announce-self` sends RARP frames from each NIC's MAC onto the hub, seen by a stream
-/// client the test attaches to the same hub.
+/// client the test attaches to the same hub. Guest b's device has `host_mtu=1400` (QEMU
+/// sends `NET_SET_MTU`): its driver takes that MTU, and a frame over it from the hub is
+/// dropped at netdevd's NIC and counted.
 #[test]
 fn two_guests_on_vhost_user_nics_and_announce_self() {
-    use std::io::Read;
+    use std::io::{Read, Write};
     let dir = TempDir::new("vhu-hub");
     let (sa, sb, tap) = (dir.path("a.sock"), dir.path("b.sock"), dir.path("tap.sock"));
     let qmp = dir.path("n.sock");
@@ -175,6 +182,7 @@ fn two_guests_on_vhost_user_nics_and_announce_self() {
     // The test's own port on the hub: length-prefixed frames, RARPs kept.
     let mut s = std::os::unix::net::UnixStream::connect(&tap).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
+    let mut to_hub = s.try_clone().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<[u8; 6]>();
     std::thread::spawn(move || loop {
         let mut len = [0u8; 4];
@@ -205,6 +213,7 @@ nc -l -p 81 | grep -q done && echo "NETDEVD-TEST PASS"
 "#;
     let script_b = r#"#!/bin/sh
 ip addr add 10.0.0.2/24 dev eth0 && ip link set eth0 up || { echo "NETDEVD-TEST FAIL ifup"; exit 1; }
+echo "MTU $(cat /sys/class/net/eth0/mtu)"
 i=0
 until ping -c 1 -W 1 10.0.0.1 >/dev/null 2>&1; do
   i=$((i+1)); [ $i -ge 90 ] && { echo "NETDEVD-TEST FAIL no ping reply"; exit 1; }
@@ -231,16 +240,43 @@ echo "NETDEVD-TEST PASS"
     let mut b = Guest::boot_with(
         "b",
         &dir.0,
-        &vhost_user_args(&sb, "52:54:00:12:34:b1"),
+        &vhost_user_args_with(&sb, "52:54:00:12:34:b1", ",host_mtu=1400"),
         script_b,
     );
     let md5_a = a.wait_for("MD5 ", BOOT);
+    assert_eq!(b.wait_for("MTU ", BOOT), "MTU 1400");
     b.wait_for("NETDEVD-TEST PING OK", BOOT);
     a.wait_for("NETDEVD-TEST PING OK", BOOT);
+    // Broadcasts from the test's port to both NICs: 1418 bytes (b's MTU, an Ethernet header
+    // and a VLAN tag) reach b, 1500 bytes do not; a's NIC has no MTU and takes both.
+    let mut q = common::Qmp::negotiated(&qmp);
+    for len in [1418usize, 1500] {
+        let mut f = vec![0xffu8; 6];
+        f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0xee, 0x88, 0xb5]);
+        f.resize(len, 0);
+        to_hub.write_all(&(len as u32).to_be_bytes()).unwrap();
+        to_hub.write_all(&f).unwrap();
+    }
+    let over_mtu = |q: &mut common::Qmp, nic: &str| {
+        let st = q.cmd(&serde_json::json!({"execute": "x-query-netdev-stats"}));
+        let c = st["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == nic)
+            .cloned();
+        c.and_then(|c| c["backend-drops"]["over-mtu"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while over_mtu(&mut q, "nicb") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(over_mtu(&mut q, "nicb"), 1, "one frame over b's MTU");
+    assert_eq!(over_mtu(&mut q, "nica"), 0, "a has no MTU");
     // announce-self while both guests run (a NIC whose VMM is gone is link-down, and QEMU
     // drops what a link-down NIC sends): two rounds from each NIC reach the test's port.
     while rx.try_recv().is_ok() {}
-    let mut q = common::Qmp::negotiated(&qmp);
     let r = q.cmd(&serde_json::json!({"execute": "announce-self", "arguments": {"initial": 50, "max": 550, "rounds": 2, "step": 100}}));
     assert_eq!(r["return"], serde_json::json!({}), "{r}");
     let mut seen = Vec::new();

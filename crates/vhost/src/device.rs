@@ -7,7 +7,8 @@
 //!
 //! Up to [`MAX_QUEUE_PAIRS`] queue pairs (`MQ`; queue 2p receives, 2p+1 transmits): transmit
 //! queues are taken in turn, a received frame goes to one of the running receive queues by
-//! a hash of its flow. Features offered, besides `MQ`: `VERSION_1`,
+//! a hash of its flow. Features offered, besides `MQ`: `VERSION_1`, `MTU` (with the protocol
+//! feature `NET_MTU`: frames toward the guest over the VMM's MTU are refused, [`RxPush::OverMtu`]),
 //! `MRG_RXBUF`, `CSUM`, `GUEST_CSUM`, `HOST_TSO4/6`, `GUEST_TSO4/6`, `RING_INDIRECT_DESC`,
 //! `RING_EVENT_IDX`, and the vhost-user protocol features `REPLY_ACK`, `RARP` (the VMM's
 //! `SEND_RARP` after a migration: the caller sends the announcement) and
@@ -66,6 +67,7 @@ use feature::*;
 
 /// What the device offers.
 pub const FEATURES: u64 = VERSION_1
+    | MTU
     | MRG_RXBUF
     | CSUM
     | GUEST_CSUM
@@ -78,8 +80,15 @@ pub const FEATURES: u64 = VERSION_1
     | MQ
     | PROTOCOL_FEATURES;
 /// The vhost-user protocol features offered.
-pub const PROTOCOL_FEATURES_OFFERED: u64 =
-    protocol::MQ | protocol::REPLY_ACK | protocol::CONFIGURE_MEM_SLOTS | protocol::RARP;
+pub const PROTOCOL_FEATURES_OFFERED: u64 = protocol::MQ
+    | protocol::REPLY_ACK
+    | protocol::CONFIGURE_MEM_SLOTS
+    | protocol::RARP
+    | protocol::NET_MTU;
+/// The MTUs `NET_SET_MTU` accepts (virtio-net's `host_mtu` range, DPDK's check).
+pub const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
+/// What a frame may carry beyond its MTU: the Ethernet header and one VLAN tag.
+pub const MTU_OVERHEAD: usize = 14 + 4;
 /// Queue pairs served (`MQ`): queue 2p receives, 2p+1 transmits.
 pub const MAX_QUEUE_PAIRS: usize = 4;
 /// Queues in all.
@@ -219,6 +228,8 @@ pub enum DeviceError {
     Memory(#[from] crate::memory::MemError),
     #[error("unsupported request {0}")]
     Unsupported(u32),
+    #[error("MTU {0} outside 68..=65535")]
+    Mtu(u64),
 }
 
 /// The outcome of [`NetDevice::rx_push`].
@@ -229,6 +240,9 @@ pub enum RxPush {
     NoBuffers,
     /// Not deliverable (ring not running, chain unusable): counted.
     Dropped,
+    /// Longer than the MTU the VMM set (`NET_SET_MTU`) and not a segmentation-offload
+    /// frame: dropped, as a NIC with that MTU drops it; counted.
+    OverMtu,
 }
 
 /// The device.
@@ -244,6 +258,8 @@ pub struct NetDevice {
     pub bad_chains: u64,
     /// Frames from the guest too short to be Ethernet.
     pub runts: u64,
+    /// The MTU the VMM set (`NET_SET_MTU`, QEMU's `host_mtu`), none until then.
+    mtu: Option<u16>,
 }
 
 impl Default for NetDevice {
@@ -263,7 +279,13 @@ impl NetDevice {
             next_tx: 0,
             bad_chains: 0,
             runts: 0,
+            mtu: None,
         }
+    }
+
+    /// The MTU the VMM set with `NET_SET_MTU` (QEMU's `host_mtu`), if it did.
+    pub fn mtu(&self) -> Option<u16> {
+        self.mtu
     }
 
     /// The negotiated features.
@@ -464,7 +486,13 @@ impl NetDevice {
                 self.vring(index)?.enabled = enable;
             }
             Request::SendRarp(mac) => out.rarp = Some(mac),
-            Request::NetSetMtu(_) | Request::SetLogBase | Request::SetLogFd => {}
+            Request::NetSetMtu(m) => {
+                if !MTU_RANGE.contains(&m) {
+                    return Err(DeviceError::Mtu(m));
+                }
+                self.mtu = Some(m as u16);
+            }
+            Request::SetLogBase | Request::SetLogFd => {}
             Request::SetBackendReqFd(_) => {}
             Request::GetConfig { .. } | Request::SetConfig { .. } => {
                 return Err(DeviceError::Unsupported(h.request))
@@ -590,6 +618,13 @@ impl NetDevice {
         if running.is_empty() {
             return RxPush::Dropped;
         }
+        let gso = offload.is_some_and(|o| o.gso_type & !VirtioNetHdr::GSO_ECN != 0);
+        if self
+            .mtu
+            .is_some_and(|m| !gso && data.len() > m as usize + MTU_OVERHEAD)
+        {
+            return RxPush::OverMtu;
+        }
         let q = running[flow_hash(data) as usize % running.len()];
         let hdr_len = self.hdr_len();
         let mergeable = self.acked & MRG_RXBUF != 0;
@@ -646,16 +681,11 @@ impl NetDevice {
             v.used = true;
             return RxPush::Dropped;
         }
-        let mut hdr = [0u8; 12];
-        if let Some(o) = offload.filter(|o| o.needs_work()) {
-            hdr[0] = o.flags;
-            hdr[1] = o.gso_type;
-            hdr[2..4].copy_from_slice(&o.hdr_len.to_le_bytes());
-            hdr[4..6].copy_from_slice(&o.gso_size.to_le_bytes());
-            hdr[6..8].copy_from_slice(&o.csum_start.to_le_bytes());
-            hdr[8..10].copy_from_slice(&o.csum_offset.to_le_bytes());
-        }
-        hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        // The header the guest reads: the offload metadata (or none) and, with mergeable
+        // buffers, `num_buffers`.
+        let base = offload.filter(|o| o.needs_work()).unwrap_or_default();
+        let num_buffers = (chains.len() as u16).to_le_bytes();
+        let hdr: Vec<u8> = base.to_bytes().into_iter().chain(num_buffers).collect();
         let hdr = &hdr[..hdr_len];
         let mut src = hdr.iter().chain(data.iter()).copied();
         let mut left = total;
@@ -834,6 +864,33 @@ mod tests {
         d.offer(RX, 1, &[(&[0u8; 4000][..], false)]);
         assert_eq!(dev.rx_push(&frame, None), RxPush::Dropped);
         assert_eq!(dev.bad_chains, 1);
+    }
+
+    #[test]
+    fn frames_over_the_vmms_mtu_are_dropped() {
+        let (mut dev, mut d) = running(FEATURES);
+        let h = crate::driver::header(code::NET_SET_MTU);
+        dev.handle(&h, Request::NetSetMtu(67));
+        assert_eq!(dev.mtu(), None, "below IPv4's minimum: refused");
+        dev.handle(&h, Request::NetSetMtu(1400));
+        assert_eq!(dev.mtu(), Some(1400));
+        for i in 0..2u16 {
+            d.offer(RX, i, &[(&[0u8; 2048][..], true)]);
+        }
+        // The MTU plus an Ethernet header and a VLAN tag passes, a byte more does not.
+        assert_eq!(dev.rx_push(&[0u8; 1419], None), RxPush::OverMtu);
+        assert_eq!(dev.rx_push(&[0u8; 1418], None), RxPush::Taken);
+        // A segmentation-offload frame is the guest's to take (it negotiated GUEST_TSO).
+        let tso = VirtioNetHdr {
+            flags: VirtioNetHdr::NEEDS_CSUM,
+            gso_type: VirtioNetHdr::GSO_TCPV4,
+            gso_size: 1348,
+            ..Default::default()
+        };
+        assert_eq!(dev.rx_push(&[0u8; 1600], Some(tso)), RxPush::Taken);
+        // A new front-end sets its own.
+        dev.reset();
+        assert_eq!(dev.mtu(), None);
     }
 
     #[test]
