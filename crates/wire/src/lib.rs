@@ -3,7 +3,8 @@
 //! checksum and cutting a TCP segmentation-offload frame into MSS-sized frames, for
 //! receivers that cannot take offloaded frames. Checked views of Ethernet, ARP, IPv4, UDP,
 //! TCP ([`packet`]; TCP over either family through [`ip::IpHeader`]) and of IPv6, ICMPv6
-//! and Neighbor Discovery ([`ipv6`]).
+//! and Neighbor Discovery ([`ipv6`]). The L2TPv3 data header of a static pseudowire
+//! ([`l2tpv3`]).
 //!
 //! No I/O, no `unsafe`; every view checks lengths first.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ pub mod checksum;
 pub mod gso;
 pub mod ip;
 pub mod ipv6;
+pub mod l2tpv3;
 pub mod packet;
 
 /// The virtio-net header (`struct virtio_net_hdr`, little-endian, 10 bytes; 12 with
