@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let frame = &data[VirtioNetHdr::LEN..];
-    let segmenting = hdr.gso_type & !VirtioNetHdr::GSO_ECN != VirtioNetHdr::GSO_NONE;
+    let segmenting = hdr.is_gso();
     let mut total = 0usize;
     let _ = finish_frame(frame, &hdr, &mut |seg| {
         total += 1;

@@ -618,7 +618,7 @@ impl NetDevice {
         if running.is_empty() {
             return RxPush::Dropped;
         }
-        let gso = offload.is_some_and(|o| o.gso_type & !VirtioNetHdr::GSO_ECN != 0);
+        let gso = offload.is_some_and(|o| o.is_gso());
         if self
             .mtu
             .is_some_and(|m| !gso && data.len() > m as usize + MTU_OVERHEAD)
@@ -684,8 +684,9 @@ impl NetDevice {
         // The header the guest reads: the offload metadata (or none) and, with mergeable
         // buffers, `num_buffers`.
         let base = offload.filter(|o| o.needs_work()).unwrap_or_default();
-        let num_buffers = (chains.len() as u16).to_le_bytes();
-        let hdr: Vec<u8> = base.to_bytes().into_iter().chain(num_buffers).collect();
+        let mut hdr = [0u8; VirtioNetHdr::LEN + 2];
+        hdr[..VirtioNetHdr::LEN].copy_from_slice(&base.to_bytes());
+        hdr[VirtioNetHdr::LEN..].copy_from_slice(&(chains.len() as u16).to_le_bytes());
         let hdr = &hdr[..hdr_len];
         let mut src = hdr.iter().chain(data.iter()).copied();
         let mut left = total;

@@ -44,7 +44,12 @@ impl VirtioNetHdr {
     /// True when a receiver must do work (checksum or segmentation) before the frame is a
     /// plain Ethernet frame.
     pub fn needs_work(&self) -> bool {
-        self.flags & Self::NEEDS_CSUM != 0 || self.gso_type & !Self::GSO_ECN != Self::GSO_NONE
+        self.flags & Self::NEEDS_CSUM != 0 || self.is_gso()
+    }
+
+    /// True when the frame is a segmentation-offload frame (any GSO type but none).
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & !Self::GSO_ECN != Self::GSO_NONE
     }
 
     /// Parse the first 10 bytes of `b`.
