@@ -13,6 +13,7 @@ use common::{start_qemu, TempDir};
 use netdevd_wire::l2tpv3::{Cookie, Layout};
 
 struct Case {
+    name: &'static str,
     opts: &'static str,
     layout: Layout,
     tx: (u32, u64),
@@ -30,7 +31,8 @@ fn free_port() -> u16 {
     udp().1
 }
 
-fn run(name: &str, c: &Case) {
+fn run(c: &Case) {
+    let name = c.name;
     let dir = TempDir::new(name);
     let (l2tp, l2tp_port) = udp();
     let (frames, frames_port) = udp();
@@ -94,18 +96,16 @@ fn headers_match_qemu_7_2_byte_for_byte() {
         pin_counter: false,
         offset: 0,
     };
-    run(
-        "l2tp-plain",
-        &Case {
+    let cases = [
+        Case {
+            name: "l2tp-plain",
             opts: "txsession=0x11223344",
             layout: plain,
             tx: (0x1122_3344, 0),
             rx: (0x1122_3344, 0),
         },
-    );
-    run(
-        "l2tp-c64",
-        &Case {
+        Case {
+            name: "l2tp-c64",
             opts: "txsession=0x11223344,rxsession=0x55667788,txcookie=0x0102030405060708,rxcookie=0x1112131415161718,cookie64=on,counter=on",
             layout: Layout {
                 cookie: Cookie::Bits64,
@@ -115,10 +115,8 @@ fn headers_match_qemu_7_2_byte_for_byte() {
             tx: (0x1122_3344, 0x0102_0304_0506_0708),
             rx: (0x5566_7788, 0x1112_1314_1516_1718),
         },
-    );
-    run(
-        "l2tp-c32",
-        &Case {
+        Case {
+            name: "l2tp-c32",
             opts: "txsession=7,rxsession=8,txcookie=0xa1b2c3d4,rxcookie=0xd4c3b2a1,counter=on,pincounter=on",
             layout: Layout {
                 cookie: Cookie::Bits32,
@@ -129,5 +127,8 @@ fn headers_match_qemu_7_2_byte_for_byte() {
             tx: (7, 0xa1b2_c3d4),
             rx: (8, 0xd4c3_b2a1),
         },
-    );
+    ];
+    for c in &cases {
+        run(c);
+    }
 }
